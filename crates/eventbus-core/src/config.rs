@@ -1,0 +1,316 @@
+//! Configuration: from the environment (the Open edX way) or from a builder in code.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `EVENT_BUS_BACKEND` | backend name (`memory`, …) | from the URL's scheme, else `memory` |
+//! | `EVENT_BUS_PRODUCER`, `EVENT_BUS_CONSUMER` | Open edX style factory names; accepted instead of `EVENT_BUS_BACKEND` | |
+//! | `EVENT_BUS_URL` | connection URL, e.g. `redis://127.0.0.1:6379` | backend's default |
+//! | `EVENT_BUS_TOPIC_PREFIX` | topics become `<prefix>-<topic>` | none |
+//! | `EVENTS_SERVICE_NAME` | service in the CloudEvents source `openedx/<service>/web` | `eventbus` |
+//! | `EVENT_BUS_SERIALIZER` | `avro`, `confluent-avro`, `json` | backend's wire format |
+//! | `EVENT_BUS_PRODUCER_CONFIG` | routing JSON for signals (Open edX shape) | none |
+//! | `EVENT_BUS_CONSUMER_MAX_ATTEMPTS` | receiver attempts before dead-lettering | 3 |
+//! | `EVENT_BUS_CONSUMER_BACKOFF_BASE_MS` / `_MAX_MS` | retry backoff | 100 / 10000 |
+//! | `EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` | failures in a row that stop the consumer (0: never) | 100 |
+//! | `EVENT_BUS_CONSUMER_CONCURRENCY` | events handled at once | 8 |
+//! | `EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS` | drain time on shutdown | 30000 |
+//! | `EVENT_BUS_DEAD_LETTER_TOPIC` | dead-letter topic template | `{topic}.dlq` |
+//! | `EVENT_BUS_<BACKEND>_*` | passed to that backend as options | |
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::consumer::ConsumerSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::routing::RoutingTable;
+use crate::serializer::SerializerKind;
+
+/// Everything needed to connect a bus.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// Backend name, qualified name or Open edX factory path; `None` picks by URL scheme.
+    pub backend: Option<String>,
+    /// Where the backend setting came from, for error messages.
+    pub backend_setting: Option<&'static str>,
+    /// Connection URL.
+    pub url: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: Option<String>,
+    /// Service name for the CloudEvents source.
+    pub service_name: Option<String>,
+    /// Serializer; `None` uses the backend's wire format.
+    pub serializer: Option<SerializerKind>,
+    /// Consumer policy.
+    pub consumer: ConsumerSettings,
+    /// Routing of signals to topics.
+    pub routing: RoutingTable,
+    /// Backend options (`EVENT_BUS_<BACKEND>_*` variables, or set in code), by variable name.
+    pub options: BTreeMap<String, String>,
+}
+
+impl BusConfig {
+    /// Defaults: the in-memory backend unless a URL or backend is set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads settings from name/value pairs shaped like the environment.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect();
+        let mut config = Self::new();
+        let get = |name: &str| vars.get(name).cloned();
+
+        let producer = get("EVENT_BUS_PRODUCER");
+        let consumer = get("EVENT_BUS_CONSUMER");
+        if let Some(backend) = get("EVENT_BUS_BACKEND") {
+            config.backend = Some(backend);
+            config.backend_setting = Some("EVENT_BUS_BACKEND");
+        } else if let Some(p) = producer.clone() {
+            config.backend = Some(p);
+            config.backend_setting = Some("EVENT_BUS_PRODUCER");
+        } else if let Some(c) = consumer.clone() {
+            config.backend = Some(c);
+            config.backend_setting = Some("EVENT_BUS_CONSUMER");
+        }
+        if let (Some(p), Some(c)) = (&producer, &consumer) {
+            config
+                .options
+                .insert("EVENT_BUS_PRODUCER".into(), p.clone());
+            config
+                .options
+                .insert("EVENT_BUS_CONSUMER".into(), c.clone());
+        }
+        config.url = get("EVENT_BUS_URL");
+        config.topic_prefix = get("EVENT_BUS_TOPIC_PREFIX");
+        config.service_name = get("EVENTS_SERVICE_NAME");
+        if let Some(s) = get("EVENT_BUS_SERIALIZER") {
+            config.serializer = Some(SerializerKind::from_str(&s)?);
+        }
+        if let Some(json) = get("EVENT_BUS_PRODUCER_CONFIG") {
+            config.routing = RoutingTable::from_json(&json)?;
+        }
+        let c = &mut config.consumer;
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_MAX_ATTEMPTS")? {
+            c.retry.max_attempts = v.max(1) as u32;
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_BACKOFF_BASE_MS")? {
+            c.retry.base = Duration::from_millis(v);
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_BACKOFF_MAX_MS")? {
+            c.retry.cap = Duration::from_millis(v);
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT")? {
+            c.consecutive_error_limit = v as u32;
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_CONCURRENCY")? {
+            c.concurrency = (v as usize).max(1);
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS")? {
+            c.shutdown_timeout = Duration::from_millis(v);
+        }
+        if let Some(t) = get("EVENT_BUS_DEAD_LETTER_TOPIC") {
+            c.dead_letter_topic = t;
+        }
+        for (name, value) in &vars {
+            if name.starts_with("EVENT_BUS_") && !CORE_VARS.contains(&name.as_str()) {
+                config.options.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(config)
+    }
+
+    /// Selects the backend by name.
+    #[must_use]
+    pub fn backend(mut self, name: impl Into<String>) -> Self {
+        self.backend = Some(name.into());
+        self.backend_setting = None;
+        self
+    }
+
+    /// Sets the connection URL.
+    #[must_use]
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Sets the topic prefix.
+    #[must_use]
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Sets the service name.
+    #[must_use]
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Sets the serializer.
+    #[must_use]
+    pub fn serializer(mut self, kind: SerializerKind) -> Self {
+        self.serializer = Some(kind);
+        self
+    }
+
+    /// Sets the signal routing.
+    #[must_use]
+    pub fn routing(mut self, table: RoutingTable) -> Self {
+        self.routing = table;
+        self
+    }
+
+    /// Changes the consumer policy in place.
+    #[must_use]
+    pub fn consumer(mut self, f: impl FnOnce(&mut ConsumerSettings)) -> Self {
+        f(&mut self.consumer);
+        self
+    }
+
+    /// Sets a backend option, named like its variable (`EVENT_BUS_REDIS_STREAM_MAX_LEN`).
+    #[must_use]
+    pub fn option(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.insert(name.into(), value.into());
+        self
+    }
+
+    /// The service name in effect.
+    pub fn service(&self) -> &str {
+        self.service_name.as_deref().unwrap_or("eventbus")
+    }
+}
+
+const CORE_VARS: &[&str] = &[
+    "EVENT_BUS_BACKEND",
+    "EVENT_BUS_PRODUCER",
+    "EVENT_BUS_CONSUMER",
+    "EVENT_BUS_URL",
+    "EVENT_BUS_TOPIC_PREFIX",
+    "EVENT_BUS_SERIALIZER",
+    "EVENT_BUS_PRODUCER_CONFIG",
+    "EVENT_BUS_CONSUMER_MAX_ATTEMPTS",
+    "EVENT_BUS_CONSUMER_BACKOFF_BASE_MS",
+    "EVENT_BUS_CONSUMER_BACKOFF_MAX_MS",
+    "EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
+    "EVENT_BUS_CONSUMER_CONCURRENCY",
+    "EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS",
+    "EVENT_BUS_DEAD_LETTER_TOPIC",
+];
+
+fn number(vars: &BTreeMap<String, String>, name: &'static str) -> Result<Option<u64>> {
+    vars.get(name)
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|e| {
+                Error::new(ErrorKind::Config, "expected a whole number")
+                    .with("setting", name)
+                    .with("value", v)
+                    .with_source(e)
+            })
+        })
+        .transpose()
+}
+
+/// Hides the password of a URL such as `redis://user:secret@host` as `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                format!("{scheme}://***@{host}{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn is_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "SASL"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("BusConfig")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("topic_prefix", &self.topic_prefix)
+            .field("service_name", &self.service_name)
+            .field("serializer", &self.serializer)
+            .field("consumer", &self.consumer)
+            .field("routing", &self.routing)
+            .field("options", &options)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_environment_shape() {
+        let config = BusConfig::from_vars([
+            ("EVENT_BUS_PRODUCER", "edx_event_bus_redis.create_producer"),
+            ("EVENT_BUS_URL", "redis://u:pw@127.0.0.1:6379/0"),
+            ("EVENT_BUS_TOPIC_PREFIX", "dev"),
+            ("EVENT_BUS_CONSUMER_MAX_ATTEMPTS", "5"),
+            ("EVENT_BUS_REDIS_STREAM_MAX_LEN", "50"),
+            ("EVENT_BUS_REDIS_PASSWORD", "hunter2"),
+            ("PATH", "/bin"),
+        ])
+        .unwrap();
+        assert_eq!(config.backend.as_deref(), Some("edx_event_bus_redis.create_producer"));
+        assert_eq!(config.backend_setting, Some("EVENT_BUS_PRODUCER"));
+        assert_eq!(config.consumer.retry.max_attempts, 5);
+        assert_eq!(config.options["EVENT_BUS_REDIS_STREAM_MAX_LEN"], "50");
+        assert!(!config.options.contains_key("PATH"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains(":pw@"), "{debug}");
+    }
+
+    #[test]
+    fn malformed_numbers_name_the_setting() {
+        let err = BusConfig::from_vars([("EVENT_BUS_CONSUMER_CONCURRENCY", "many")]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("EVENT_BUS_CONSUMER_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact_url("redis://user:pw@h"), "redis://user:***@h");
+        assert_eq!(redact_url("kafka://a:1,b:2"), "kafka://a:1,b:2");
+    }
+}

@@ -1,0 +1,48 @@
+//! The eventbus contract: events and signals, CloudEvents metadata, serializers, the transport
+//! traits, the producer, the consumer runner, configuration and the backend registry.
+//!
+//! No broker code lives here. Applications depend on the `eventbus` facade, which re-exports this
+//! crate and compiles backends in by Cargo features; backend crates depend on this crate only.
+#![forbid(unsafe_code)]
+
+// Lets the derive macros name this crate as `::eventbus_core` from inside it too.
+extern crate self as eventbus_core;
+
+pub mod bus;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod event;
+pub mod metadata;
+pub mod producer;
+pub mod registry;
+pub mod routing;
+pub mod schema;
+pub mod serializer;
+pub mod signal;
+pub mod transport;
+
+pub use bus::Bus;
+pub use config::BusConfig;
+pub use consumer::{Consumer, ConsumerHandle, ConsumerSettings, RetryPolicy};
+pub use error::{Error, ErrorKind, Result};
+pub use event::{Envelope, Event, EventKey, EventSchema};
+pub use eventbus_derive::{AvroRecord, Event};
+pub use metadata::EventMetadata;
+pub use producer::{Producer, ProducerSettings};
+pub use registry::{BackendConfig, BackendFactory};
+pub use routing::{RoutingTable, TopicRoute};
+pub use serializer::{SchemaStore, Serializer, SerializerKind};
+pub use signal::{BoxError, Receiver, ReceiverId, SendReport, Signal};
+pub use transport::{
+    Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher, StartPosition,
+    Subscriber, Subscription, Transport,
+};
+
+/// Re-exports used by the derive macros and by backend registration; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures;
+    pub use inventory;
+    pub use serde_json;
+}

@@ -1,0 +1,215 @@
+//! CloudEvents 1.0 metadata as Open edX writes it, and its mapping to message headers.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::Headers;
+
+/// Header names, as edx-event-bus-kafka writes them (and Pulsar properties reuse).
+pub mod header {
+    /// Event id (UUID).
+    pub const ID: &str = "ce_id";
+    /// Event type name.
+    pub const TYPE: &str = "ce_type";
+    /// Producing service, `openedx/<service>/web`.
+    pub const SOURCE: &str = "ce_source";
+    /// Always `1.0`.
+    pub const SPEC_VERSION: &str = "ce_specversion";
+    /// ISO-8601 time of the event.
+    pub const TIME: &str = "ce_time";
+    /// Minor version of the event's schema.
+    pub const MINOR_VERSION: &str = "ce_minorversion";
+    /// Host name of the producer.
+    pub const SOURCE_HOST: &str = "sourcehost";
+    /// Version of the producing library, `major.minor.patch`.
+    pub const SOURCE_LIB: &str = "sourcelib";
+    /// Content type of the payload.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// CloudEvents content type of the payload (same value).
+    pub const DATA_CONTENT_TYPE: &str = "ce_datacontenttype";
+}
+
+/// The CloudEvents attributes of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventMetadata {
+    /// Unique id of this event.
+    pub id: Uuid,
+    /// Event type name.
+    pub event_type: String,
+    /// Minor version of the writer's schema.
+    pub minor_version: u32,
+    /// Producing service, `openedx/<service>/web`.
+    pub source: String,
+    /// Host name of the producer.
+    pub source_host: String,
+    /// Version of the producing library.
+    pub source_lib: String,
+    /// When the event happened.
+    pub time: DateTime<Utc>,
+    /// CloudEvents spec version, `1.0`.
+    pub spec_version: String,
+    /// Content type of the payload, e.g. `application/avro`.
+    pub content_type: String,
+}
+
+/// The producing library's version as Open edX consumers expect it: digits and dots only, since
+/// they parse `sourcelib` into a tuple of integers.
+pub const SOURCE_LIB: &str = env!("CARGO_PKG_VERSION");
+
+impl EventMetadata {
+    /// Fresh metadata for a new event of `event_type` sent by `source`.
+    pub fn new(event_type: &str, minor_version: u32, source: &str, source_host: &str) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_type: event_type.to_owned(),
+            minor_version,
+            source: source.to_owned(),
+            source_host: source_host.to_owned(),
+            source_lib: SOURCE_LIB.to_owned(),
+            time: Utc::now(),
+            spec_version: "1.0".to_owned(),
+            content_type: String::new(),
+        }
+    }
+
+    /// The time as Python's `datetime.isoformat()` writes it: microseconds and `+00:00`.
+    pub fn time_string(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::Micros, false)
+    }
+
+    /// Writes the attributes into `headers`, replacing earlier values.
+    pub fn write_headers(&self, headers: &mut Headers) {
+        headers.insert(header::ID, self.id.to_string());
+        headers.insert(header::TYPE, self.event_type.clone());
+        headers.insert(header::SOURCE, self.source.clone());
+        headers.insert(header::SPEC_VERSION, self.spec_version.clone());
+        headers.insert(header::TIME, self.time_string());
+        headers.insert(header::MINOR_VERSION, self.minor_version.to_string());
+        headers.insert(header::SOURCE_HOST, self.source_host.clone());
+        headers.insert(header::SOURCE_LIB, self.source_lib.clone());
+        headers.insert(header::CONTENT_TYPE, self.content_type.clone());
+        headers.insert(header::DATA_CONTENT_TYPE, self.content_type.clone());
+    }
+
+    /// Reads the attributes back. A message without `ce_id`, with zero or several `ce_type`, or
+    /// with a malformed id, time or minor version is unusable and yields
+    /// [`ErrorKind::InvalidHeaders`]; the other attributes are optional.
+    pub fn from_headers(headers: &Headers) -> Result<Self> {
+        let invalid = |what: &str| Error::new(ErrorKind::InvalidHeaders, what.to_owned());
+        let types: Vec<&str> = headers.get_all(header::TYPE).collect();
+        let event_type = match types.as_slice() {
+            [one] if !one.is_empty() => (*one).to_owned(),
+            [] | [_] => return Err(invalid("the message has no ce_type header")),
+            many => {
+                return Err(invalid("the message has several ce_type headers")
+                    .with("ce_type", many.join(", ")))
+            }
+        };
+        let id = headers
+            .get(header::ID)
+            .ok_or_else(|| invalid("the message has no ce_id header"))?;
+        let id = Uuid::parse_str(id).map_err(|e| {
+            invalid("the ce_id header is not a UUID")
+                .with("ce_id", id)
+                .with_source(e)
+        })?;
+        let minor_version = match headers.get(header::MINOR_VERSION) {
+            None | Some("") => 0,
+            Some(v) => v.parse().map_err(|e| {
+                invalid("the ce_minorversion header is not a number")
+                    .with("ce_minorversion", v)
+                    .with_source(e)
+            })?,
+        };
+        let time = match headers.get(header::TIME) {
+            None | Some("") => Utc::now(),
+            Some(v) => DateTime::parse_from_rfc3339(v)
+                .map_err(|e| {
+                    invalid("the ce_time header is not an ISO-8601 time")
+                        .with("ce_time", v)
+                        .with_source(e)
+                })?
+                .with_timezone(&Utc),
+        };
+        let text = |name: &str| headers.get(name).unwrap_or_default().to_owned();
+        Ok(Self {
+            id,
+            event_type,
+            minor_version,
+            source: text(header::SOURCE),
+            source_host: text(header::SOURCE_HOST),
+            source_lib: text(header::SOURCE_LIB),
+            time,
+            spec_version: headers
+                .get(header::SPEC_VERSION)
+                .unwrap_or("1.0")
+                .to_owned(),
+            content_type: text(header::CONTENT_TYPE),
+        })
+    }
+}
+
+/// The CloudEvents `source` Open edX builds from a service name: `openedx/<service>/web`.
+pub fn source_for_service(service: &str) -> String {
+    format!("openedx/{service}/web")
+}
+
+/// This machine's host name, or `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let mut meta = EventMetadata::new("org.example.a.v1", 2, "openedx/svc/web", "host");
+        meta.content_type = "application/avro".into();
+        let mut headers = Headers::new();
+        meta.write_headers(&mut headers);
+        assert_eq!(headers.get("ce_datacontenttype"), Some("application/avro"));
+        let back = EventMetadata::from_headers(&headers).unwrap();
+        // Microsecond precision on the wire.
+        assert_eq!(back.time.timestamp_micros(), meta.time.timestamp_micros());
+        assert_eq!(back.id, meta.id);
+        assert_eq!(back.minor_version, 2);
+        assert_eq!(back.source_lib, SOURCE_LIB);
+    }
+
+    #[test]
+    fn python_isoformat_time_parses() {
+        let mut headers = Headers::new();
+        headers.insert("ce_id", Uuid::new_v4().to_string());
+        headers.insert("ce_type", "t");
+        headers.insert("ce_time", "2026-11-22T05:20:27.505586+00:00");
+        let meta = EventMetadata::from_headers(&headers).unwrap();
+        assert_eq!(meta.time_string(), "2026-11-22T05:20:27.505586+00:00");
+    }
+
+    #[test]
+    fn unusable_headers_are_rejected() {
+        let mut headers = Headers::new();
+        headers.insert("ce_type", "t");
+        let err = EventMetadata::from_headers(&headers).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidHeaders);
+        assert!(err.to_string().contains("ce_id"));
+
+        headers.insert("ce_id", Uuid::new_v4().to_string());
+        headers.append("ce_type", "u");
+        let err = EventMetadata::from_headers(&headers).unwrap_err();
+        assert!(err.to_string().contains("several ce_type"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! The producer: typed events in, messages with Open edX headers out.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Envelope, Event};
+use crate::metadata::{source_for_service, EventMetadata};
+use crate::serializer::{encode_event, Serializer};
+use crate::transport::{Message, Position, Publisher};
+
+/// Who is producing, and where topics live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerSettings {
+    /// Prepended to every topic as `<prefix>-<topic>` (`EVENT_BUS_TOPIC_PREFIX`).
+    pub topic_prefix: Option<String>,
+    /// CloudEvents `source`, `openedx/<service>/web`.
+    pub source: String,
+    /// The `sourcehost` header.
+    pub source_host: String,
+}
+
+impl ProducerSettings {
+    /// Settings for `service` on `host`.
+    pub fn new(service: &str, host: &str) -> Self {
+        Self {
+            topic_prefix: None,
+            source: source_for_service(service),
+            source_host: host.to_owned(),
+        }
+    }
+
+    /// Sets the topic prefix.
+    #[must_use]
+    pub fn with_topic_prefix(mut self, prefix: Option<String>) -> Self {
+        self.topic_prefix = prefix.filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The full topic name of `topic`.
+    pub fn full_topic(&self, topic: &str) -> String {
+        match &self.topic_prefix {
+            Some(prefix) => format!("{prefix}-{topic}"),
+            None => topic.to_owned(),
+        }
+    }
+}
+
+/// Publishes typed events. Cheap to clone; all clones share one backend publisher.
+#[derive(Clone)]
+pub struct Producer {
+    publisher: Arc<dyn Publisher>,
+    serializer: Arc<dyn Serializer>,
+    settings: Arc<ProducerSettings>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("publisher", &self.publisher)
+            .field("serializer", &self.serializer.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Producer {
+    /// A producer over a backend publisher.
+    pub fn new(publisher: Arc<dyn Publisher>, serializer: Arc<dyn Serializer>, settings: ProducerSettings) -> Self {
+        Self {
+            publisher,
+            serializer,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ProducerSettings {
+        &self.settings
+    }
+
+    /// The serializer in use.
+    pub fn serializer(&self) -> &Arc<dyn Serializer> {
+        &self.serializer
+    }
+
+    /// Fresh metadata for a new event of type `E`.
+    pub fn metadata<E: Event>(&self) -> EventMetadata {
+        let mut meta = EventMetadata::new(
+            E::EVENT_TYPE,
+            E::MINOR_VERSION,
+            &self.settings.source,
+            &self.settings.source_host,
+        );
+        meta.content_type = self.serializer.content_type().to_owned();
+        meta
+    }
+
+    /// Encodes an event and its metadata into a message for the full topic `full_topic`.
+    pub fn encode<E: Event>(
+        &self,
+        full_topic: &str,
+        event: &E,
+        metadata: &EventMetadata,
+        key: Option<String>,
+    ) -> Result<Message> {
+        let payload = encode_event(self.serializer.as_ref(), full_topic, event)
+            .map_err(|e| e.with("topic", full_topic))?;
+        let mut message = Message {
+            key,
+            payload: payload.into(),
+            headers: Default::default(),
+        };
+        metadata.write_headers(&mut message.headers);
+        Ok(message)
+    }
+
+    /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
+    pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Position> {
+        let full = self.settings.full_topic(topic);
+        let message = self.encode(&full, event, &self.metadata::<E>(), event.key())?;
+        single(self.publish(&full, vec![message]).await?, &full)
+    }
+
+    /// Publishes an event that already has metadata (from a signal) with an explicit key.
+    pub async fn send_envelope<E: Event>(&self, topic: &str, envelope: &Envelope<E>, key: Option<String>) -> Result<Position> {
+        let full = self.settings.full_topic(topic);
+        let message = self.encode(&full, envelope.event(), envelope.metadata(), key)?;
+        single(self.publish(&full, vec![message]).await?, &full)
+    }
+
+    /// Publishes several events to `topic` in one batch, in order.
+    pub async fn send_batch<E: Event>(&self, topic: &str, events: &[E]) -> Result<Vec<Position>> {
+        let full = self.settings.full_topic(topic);
+        let messages = events
+            .iter()
+            .map(|event| self.encode(&full, event, &self.metadata::<E>(), event.key()))
+            .collect::<Result<Vec<_>>>()?;
+        self.publish(&full, messages).await
+    }
+
+    /// Publishes ready messages to a full topic name, as they are.
+    pub async fn publish(&self, full_topic: &str, messages: Vec<Message>) -> Result<Vec<Position>> {
+        self.publisher
+            .publish(full_topic, messages)
+            .await
+            .map_err(|e| e.with("topic", full_topic))
+    }
+
+    /// Waits until everything sent so far is with the broker.
+    pub async fn flush(&self) -> Result<()> {
+        self.publisher.flush().await
+    }
+
+    /// Flushes and closes; later sends fail with [`ErrorKind::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        self.publisher.close().await
+    }
+}
+
+fn single(mut positions: Vec<Position>, topic: &str) -> Result<Position> {
+    positions.pop().ok_or_else(|| {
+        Error::new(ErrorKind::Publish, "the backend confirmed no message; this is a backend bug")
+            .with("topic", topic)
+    })
+}

@@ -1,0 +1,400 @@
+//! Serializers: how an event becomes payload bytes and back.
+//!
+//! Three are built in, picked by `EVENT_BUS_SERIALIZER`:
+//!
+//! * `avro`: schemaless Avro binary, the datum alone (the Redis wire format of Open edX);
+//! * `confluent-avro`: Avro in the Confluent schema-registry framing (byte 0, a 4-byte big-endian
+//!   schema id, the datum), used on Kafka;
+//! * `json`: the event's serde JSON.
+//!
+//! Decoding resolves the writer's schema to the reader's, so a consumer one minor version behind
+//! or ahead still reads. Schemaless Avro carries no schema, so its writer schema comes from the
+//! [`SchemaStore`] when the message's minor version differs from the reader's.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Once, RwLock};
+
+use apache_avro::types::Value;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::{Event, EventSchema};
+
+/// What a serializer needs to know about the event it handles.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaContext<'a> {
+    /// Full topic name (the Confluent subject derives from it).
+    pub topic: &'a str,
+    /// Event type name.
+    pub event_type: &'a str,
+    /// The local (reader's, or writer's when encoding) schema.
+    pub schema: &'a EventSchema,
+    /// The local minor version.
+    pub minor_version: u32,
+    /// The minor version the message says it was written with, when decoding.
+    pub message_minor_version: Option<u32>,
+}
+
+/// A decoded payload on its way to becoming a typed event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Decoded<'a> {
+    /// An Avro value already resolved to the reader's schema.
+    Avro(Value),
+    /// JSON text.
+    Json(&'a [u8]),
+}
+
+impl Decoded<'_> {
+    /// Turns the decoded payload into `E`.
+    pub fn into_event<E: Event>(self) -> Result<E> {
+        let mismatch = |e: &dyn fmt::Display| {
+            Error::new(
+                ErrorKind::Deserialize,
+                format!("the payload does not fit the event's fields: {e}"),
+            )
+            .with("event_type", E::EVENT_TYPE)
+        };
+        match self {
+            Decoded::Avro(value) => apache_avro::from_value::<E>(&value).map_err(|e| mismatch(&e)),
+            Decoded::Json(bytes) => serde_json::from_slice(bytes).map_err(|e| mismatch(&e)),
+        }
+    }
+}
+
+/// Encodes and decodes event payloads.
+pub trait Serializer: Send + Sync + fmt::Debug {
+    /// The setting value that selects it, e.g. `avro`.
+    fn name(&self) -> &'static str;
+    /// The payload's content type, e.g. `application/avro`.
+    fn content_type(&self) -> &'static str;
+    /// Encodes one event.
+    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>>;
+    /// Decodes one payload.
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>>;
+}
+
+/// The built-in serializers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SerializerKind {
+    /// Schemaless Avro (the default; Open edX's Redis format).
+    #[default]
+    Avro,
+    /// Avro in Confluent schema-registry framing (Open edX's Kafka format).
+    ConfluentAvro,
+    /// JSON.
+    Json,
+}
+
+impl SerializerKind {
+    /// Every setting value, for error messages.
+    pub const NAMES: &'static [&'static str] = &["avro", "confluent-avro", "json"];
+
+    /// Builds the serializer, sharing `store` for writer schemas and ids.
+    pub fn build(self, store: Arc<SchemaStore>) -> Arc<dyn Serializer> {
+        match self {
+            SerializerKind::Avro => Arc::new(AvroSerializer::new(store)),
+            SerializerKind::ConfluentAvro => Arc::new(ConfluentAvroSerializer::new(store)),
+            SerializerKind::Json => Arc::new(JsonSerializer),
+        }
+    }
+}
+
+impl FromStr for SerializerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "avro" => Ok(Self::Avro),
+            "confluent-avro" | "confluent" => Ok(Self::ConfluentAvro),
+            "json" => Ok(Self::Json),
+            other => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "unknown serializer `{other}`; use one of: {}",
+                    Self::NAMES.join(", ")
+                ),
+            )
+            .with("setting", "EVENT_BUS_SERIALIZER")),
+        }
+    }
+}
+
+/// Writer schemas and schema-registry ids known to this process.
+///
+/// Schemaless Avro needs the writer's schema to read a message of another minor version: add it
+/// with [`SchemaStore::add_writer_schema`]. The Confluent framing needs ids: a schema-registry
+/// client fills them in with [`SchemaStore::add_registered`].
+#[derive(Debug, Default)]
+pub struct SchemaStore {
+    writers: RwLock<HashMap<(String, u32), Arc<EventSchema>>>,
+    by_id: RwLock<HashMap<u32, Arc<EventSchema>>>,
+    ids: RwLock<HashMap<(String, String), u32>>,
+}
+
+impl SchemaStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `schema` the writer schema for messages of `event_type` at `minor_version`.
+    pub fn add_writer_schema(&self, event_type: &str, minor_version: u32, schema: EventSchema) {
+        if let Ok(mut w) = self.writers.write() {
+            w.insert((event_type.to_owned(), minor_version), Arc::new(schema));
+        }
+    }
+
+    /// The writer schema registered for `event_type` at `minor_version`.
+    pub fn writer_schema(&self, event_type: &str, minor_version: u32) -> Option<Arc<EventSchema>> {
+        let w = self.writers.read().ok()?;
+        w.get(&(event_type.to_owned(), minor_version)).cloned()
+    }
+
+    /// Records that `schema` is registered under `subject` with `id`.
+    pub fn add_registered(&self, subject: &str, id: u32, schema: EventSchema) {
+        if let Ok(mut ids) = self.ids.write() {
+            ids.insert((subject.to_owned(), schema.json().to_owned()), id);
+        }
+        if let Ok(mut by_id) = self.by_id.write() {
+            by_id.insert(id, Arc::new(schema));
+        }
+    }
+
+    /// The id of `schema` under `subject`, if registered.
+    pub fn registered_id(&self, subject: &str, schema: &EventSchema) -> Option<u32> {
+        let ids = self.ids.read().ok()?;
+        ids.get(&(subject.to_owned(), schema.json().to_owned())).copied()
+    }
+
+    /// The schema registered with `id`.
+    pub fn schema_by_id(&self, id: u32) -> Option<Arc<EventSchema>> {
+        self.by_id.read().ok()?.get(&id).cloned()
+    }
+}
+
+/// UUIDs must travel as strings (Open edX's mapping); apache-avro's serde bridge says
+/// "not human readable" by default, which makes `uuid` write 16 raw bytes. The setting is
+/// process-wide and can be set once, so set it before the first Avro use.
+fn avro_text_types() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if !apache_avro::util::set_serde_human_readable(true) {
+            tracing::warn!(
+                "apache-avro was set to non-human-readable before eventbus used it; UUID fields will not encode as strings"
+            );
+        }
+    });
+}
+
+fn encode_datum(event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>, out: &mut Vec<u8>) -> Result<()> {
+    avro_text_types();
+    apache_avro::write_avro_datum_ref(ctx.schema.avro(), &event, out)
+        .map(drop)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Serialize,
+                "the event does not fit its Avro schema; check the field types against the mapping",
+            )
+            .with("event_type", ctx.event_type)
+            .with_source(e)
+        })
+}
+
+fn decode_datum(mut payload: &[u8], writer: &EventSchema, ctx: &SchemaContext<'_>) -> Result<Value> {
+    avro_text_types();
+    let reader = ctx.schema;
+    // Resolution costs time; skip it when writer and reader are the same schema.
+    let resolve = (!std::ptr::eq(writer, reader) && writer.json() != reader.json()).then(|| reader.avro());
+    apache_avro::from_avro_datum(writer.avro(), &mut payload, resolve).map_err(|e| {
+        Error::new(ErrorKind::Deserialize, "the payload is not valid Avro for this event type")
+            .with("event_type", ctx.event_type)
+            .with_source(e)
+    })
+}
+
+/// Schemaless Avro binary.
+#[derive(Debug, Clone)]
+pub struct AvroSerializer {
+    store: Arc<SchemaStore>,
+}
+
+impl AvroSerializer {
+    /// A serializer that finds writer schemas of other minor versions in `store`.
+    pub fn new(store: Arc<SchemaStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Serializer for AvroSerializer {
+    fn name(&self) -> &'static str {
+        "avro"
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/avro"
+    }
+
+    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(128);
+        encode_datum(event, ctx, &mut out)?;
+        Ok(out)
+    }
+
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+        let other = ctx
+            .message_minor_version
+            .filter(|m| *m != ctx.minor_version)
+            .and_then(|m| self.store.writer_schema(ctx.event_type, m));
+        // Without the writer's schema, read with our own: minor versions only append optional
+        // fields, so a newer writer's extra trailing fields are simply left unread.
+        let writer = other.as_deref().unwrap_or(ctx.schema);
+        decode_datum(payload, writer, ctx).map(Decoded::Avro).map_err(|e| match ctx.message_minor_version {
+            Some(m) if m != ctx.minor_version && other.is_none() => e.with(
+                "hint",
+                format!("the message was written with minor version {m}; register that writer schema with SchemaStore::add_writer_schema"),
+            ),
+            _ => e,
+        })
+    }
+}
+
+/// Avro in the Confluent schema-registry framing.
+#[derive(Debug, Clone)]
+pub struct ConfluentAvroSerializer {
+    store: Arc<SchemaStore>,
+}
+
+/// The magic byte that opens a Confluent-framed payload.
+pub const CONFLUENT_MAGIC: u8 = 0;
+
+/// Frames an Avro datum: magic byte, big-endian schema id, datum.
+pub fn confluent_frame(schema_id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(datum.len() + 5);
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+/// Splits a Confluent-framed payload into schema id and datum.
+pub fn confluent_unframe(payload: &[u8]) -> Result<(u32, &[u8])> {
+    match payload {
+        [CONFLUENT_MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        _ => Err(Error::new(
+            ErrorKind::Deserialize,
+            "the payload is not in Confluent framing (magic byte 0 and a 4-byte schema id)",
+        )
+        .with("length", payload.len())),
+    }
+}
+
+/// The subject under topic-record naming: `<topic>-<event type>.CloudEvent`.
+pub fn confluent_subject(topic: &str, event_type: &str) -> String {
+    format!("{topic}-{event_type}.CloudEvent")
+}
+
+impl ConfluentAvroSerializer {
+    /// A serializer that takes schema ids from `store`.
+    pub fn new(store: Arc<SchemaStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Serializer for ConfluentAvroSerializer {
+    fn name(&self) -> &'static str {
+        "confluent-avro"
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/avro"
+    }
+
+    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+        let subject = confluent_subject(ctx.topic, ctx.event_type);
+        let id = self.store.registered_id(&subject, ctx.schema).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Serialize,
+                "no schema id is known for this subject; register the schema with the schema registry first",
+            )
+            .with("subject", &subject)
+        })?;
+        let mut out = Vec::with_capacity(128);
+        out.push(CONFLUENT_MAGIC);
+        out.extend_from_slice(&id.to_be_bytes());
+        encode_datum(event, ctx, &mut out)?;
+        Ok(out)
+    }
+
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+        let (id, datum) = confluent_unframe(payload)?;
+        let writer = self.store.schema_by_id(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Deserialize,
+                "the payload's schema id is unknown; fetch it from the schema registry first",
+            )
+            .with("schema_id", id)
+            .temporary()
+        })?;
+        decode_datum(datum, &writer, ctx).map(Decoded::Avro)
+    }
+}
+
+/// JSON through serde. Missing `Option` fields read as `None` and unknown fields are ignored,
+/// which is what makes minor versions compatible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonSerializer;
+
+impl Serializer for JsonSerializer {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+        serde_json::to_vec(event).map_err(|e| {
+            Error::new(ErrorKind::Serialize, "the event cannot be written as JSON")
+                .with("event_type", ctx.event_type)
+                .with_source(e)
+        })
+    }
+
+    fn decode<'a>(&self, payload: &'a [u8], _ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+        Ok(Decoded::Json(payload))
+    }
+}
+
+/// Encodes `event` with `serializer` for `topic`.
+pub fn encode_event<E: Event>(serializer: &dyn Serializer, topic: &str, event: &E) -> Result<Vec<u8>> {
+    let schema = E::schema()?;
+    let ctx = SchemaContext {
+        topic,
+        event_type: E::EVENT_TYPE,
+        schema,
+        minor_version: E::MINOR_VERSION,
+        message_minor_version: None,
+    };
+    serializer.encode(event, &ctx)
+}
+
+/// Decodes a payload written with `message_minor_version` into `E`.
+pub fn decode_event<E: Event>(
+    serializer: &dyn Serializer,
+    topic: &str,
+    payload: &[u8],
+    message_minor_version: Option<u32>,
+) -> Result<E> {
+    let schema = E::schema()?;
+    let ctx = SchemaContext {
+        topic,
+        event_type: E::EVENT_TYPE,
+        schema,
+        minor_version: E::MINOR_VERSION,
+        message_minor_version,
+    };
+    serializer.decode(payload, &ctx)?.into_event()
+}

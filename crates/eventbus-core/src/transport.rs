@@ -1,0 +1,298 @@
+//! The transport contract: the few traits a backend implements, and the values they exchange.
+//!
+//! A backend maps its broker onto [`Publisher`] and [`Subscriber`] and declares its
+//! [`Guarantees`]; it holds no policy. Retries, dead letters, dispatch and ordering across
+//! workers live in the core's consumer runner.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Message headers: ordered UTF-8 name/value pairs. A name may repeat (Kafka allows it), which is
+/// why this is not a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, removing earlier values of `name`.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value.into()));
+    }
+
+    /// Adds a value of `name`, keeping earlier ones.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| n != name);
+    }
+
+    /// All pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// One message as a broker carries it: key, payload and headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Ordering and partitioning key.
+    pub key: Option<String>,
+    /// Encoded event.
+    pub payload: bytes::Bytes,
+    /// CloudEvents attributes and anything else.
+    pub headers: Headers,
+}
+
+/// Where a message sits in its topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Position {
+    /// A partition and offset (Kafka, the memory backend).
+    Offset {
+        /// Partition number.
+        partition: i32,
+        /// Offset in the partition.
+        offset: i64,
+    },
+    /// A Redis stream entry id such as `1700000000000-0`.
+    StreamId(String),
+    /// A broker-specific message id (Pulsar).
+    MessageId(String),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Offset { partition, offset } => write!(f, "{partition}@{offset}"),
+            Position::StreamId(id) | Position::MessageId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartPosition {
+    /// The oldest message the broker keeps.
+    Earliest,
+    /// Only messages published after subscribing.
+    Latest,
+    /// The first message published at or after this time.
+    Time(DateTime<Utc>),
+    /// A backend-native position (a Redis stream id, for instance).
+    At(String),
+}
+
+/// What to subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Full topic names (prefix already applied).
+    pub topics: Vec<String>,
+    /// Consumer group; every group gets every message, members of one group share them.
+    pub group: String,
+    /// This member's name within the group.
+    pub consumer: String,
+    /// `None`: an existing group resumes where it was and a new group starts at the earliest
+    /// message. `Some`: the group is moved to this position.
+    pub start: Option<StartPosition>,
+}
+
+impl Subscription {
+    /// A subscription to one topic.
+    pub fn new(topic: impl Into<String>, group: impl Into<String>, consumer: impl Into<String>) -> Self {
+        Self {
+            topics: vec![topic.into()],
+            group: group.into(),
+            consumer: consumer.into(),
+            start: None,
+        }
+    }
+
+    /// Moves the group to `start`.
+    #[must_use]
+    pub fn starting_at(mut self, start: StartPosition) -> Self {
+        self.start = Some(start);
+        self
+    }
+}
+
+/// Acknowledges one delivery to its broker. Implemented by backends.
+#[async_trait]
+pub trait Acknowledge: Send + Sync + fmt::Debug {
+    /// Marks the message processed.
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// Asks for the message again after `delay`.
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<()>;
+}
+
+/// A message received from a subscription, with where it came from and how to acknowledge it.
+/// Dropping a delivery without acknowledging leaves it to the broker's redelivery.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The full topic it was read from.
+    pub topic: String,
+    /// The message.
+    pub message: Message,
+    /// Its place in the topic.
+    pub position: Position,
+    /// 1 on first delivery, higher when redelivered (where the broker counts).
+    pub attempt: u32,
+    /// When the broker stored it, where known.
+    pub published_at: Option<DateTime<Utc>>,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    /// Assembles a delivery. Used by backends.
+    pub fn new(
+        topic: impl Into<String>,
+        message: Message,
+        position: Position,
+        attempt: u32,
+        acker: Box<dyn Acknowledge>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            message,
+            position,
+            attempt,
+            published_at: None,
+            acker,
+        }
+    }
+
+    /// Records when the broker stored the message.
+    #[must_use]
+    pub fn published_at(mut self, at: DateTime<Utc>) -> Self {
+        self.published_at = Some(at);
+        self
+    }
+
+    /// Marks the message processed.
+    pub async fn ack(self) -> Result<()> {
+        self.acker.ack().await
+    }
+
+    /// Asks for the message again after `delay`.
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        self.acker.nack(delay).await
+    }
+}
+
+/// The stream of deliveries of one subscription. Dropping it leaves the group.
+pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>;
+
+/// Publishes messages. Implemented by backends.
+#[async_trait]
+pub trait Publisher: Send + Sync + fmt::Debug {
+    /// Publishes a batch to one full topic name, in order; returns once the broker has every
+    /// message, with their positions.
+    async fn publish(&self, topic: &str, batch: Vec<Message>) -> Result<Vec<Position>>;
+    /// Waits until everything published so far is with the broker.
+    async fn flush(&self) -> Result<()>;
+    /// Flushes, then refuses further publishing with [`ErrorKind::Closed`].
+    async fn close(&self) -> Result<()>;
+}
+
+/// Opens subscriptions. Implemented by backends.
+#[async_trait]
+pub trait Subscriber: Send + Sync + fmt::Debug {
+    /// Joins `subscription.group` and streams its deliveries.
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream>;
+    /// Ends every open subscription; their streams end.
+    async fn close(&self) -> Result<()>;
+}
+
+/// What a backend promises. The consumer runner and the conformance suite both read it, and the
+/// suite checks each promise both ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Guarantees {
+    /// Messages with the same key arrive in publish order.
+    pub order_per_key: bool,
+    /// The next message of a key is not delivered before the previous one is acknowledged.
+    pub ack_gates_next: bool,
+    /// A nacked message comes back after its delay.
+    pub redelivery_after_nack: bool,
+    /// Members of one group share the messages.
+    pub shared_groups: bool,
+    /// A new group can read messages published before it existed.
+    pub history_for_new_groups: bool,
+    /// A group can start from a point in time.
+    pub replay_from_time: bool,
+    /// Published messages survive a broker restart.
+    pub survives_restart: bool,
+}
+
+/// A connected backend: its publisher, its subscriber and what it guarantees.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    /// Backend name, e.g. `memory`.
+    pub backend: &'static str,
+    /// The publishing side.
+    pub publisher: Arc<dyn Publisher>,
+    /// The consuming side.
+    pub subscriber: Arc<dyn Subscriber>,
+    /// What the backend promises.
+    pub guarantees: Guarantees,
+}
+
+/// The error every backend returns for use after close.
+pub fn closed_error(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        format!("the {what} was closed; create a new one to go on"),
+    )
+}

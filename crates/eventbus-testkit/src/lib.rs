@@ -1,0 +1,7 @@
+//! Test support for eventbus: the in-memory backend (the embedded default), the conformance
+//! suite every backend passes, capture helpers for application tests, and fixtures that start
+//! real broker processes.
+#![forbid(unsafe_code)]
+
+pub mod memory;
+pub mod conformance;
