@@ -1,1 +1,2 @@
-//! tmp
+//! Runnable eventbus examples; see the files next to this one. Run one with
+//! `cargo run --example quickstart`.

@@ -44,12 +44,23 @@ impl Bus {
 
     /// A bus over an already connected transport; `wire_format` is used unless the
     /// configuration names a serializer.
-    pub fn with_transport(transport: Transport, wire_format: SerializerKind, config: BusConfig) -> Bus {
+    pub fn with_transport(
+        transport: Transport,
+        wire_format: SerializerKind,
+        config: BusConfig,
+    ) -> Bus {
         let store = Arc::new(SchemaStore::new());
-        let serializer = config.serializer.unwrap_or(wire_format).build(Arc::clone(&store));
-        let settings =
-            ProducerSettings::new(config.service(), &host_name()).with_topic_prefix(config.topic_prefix.clone());
-        let producer = Producer::new(Arc::clone(&transport.publisher), Arc::clone(&serializer), settings);
+        let serializer = config
+            .serializer
+            .unwrap_or(wire_format)
+            .build(Arc::clone(&store));
+        let settings = ProducerSettings::new(config.service(), &host_name())
+            .with_topic_prefix(config.topic_prefix.clone());
+        let producer = Producer::new(
+            Arc::clone(&transport.publisher),
+            Arc::clone(&serializer),
+            settings,
+        );
         Bus {
             transport,
             producer,

@@ -291,20 +291,29 @@ mod tests {
             ("PATH", "/bin"),
         ])
         .unwrap();
-        assert_eq!(config.backend.as_deref(), Some("edx_event_bus_redis.create_producer"));
+        assert_eq!(
+            config.backend.as_deref(),
+            Some("edx_event_bus_redis.create_producer")
+        );
         assert_eq!(config.backend_setting, Some("EVENT_BUS_PRODUCER"));
         assert_eq!(config.consumer.retry.max_attempts, 5);
         assert_eq!(config.options["EVENT_BUS_REDIS_STREAM_MAX_LEN"], "50");
         assert!(!config.options.contains_key("PATH"));
         let debug = format!("{config:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains(":pw@"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains(":pw@"),
+            "{debug}"
+        );
     }
 
     #[test]
     fn malformed_numbers_name_the_setting() {
         let err = BusConfig::from_vars([("EVENT_BUS_CONSUMER_CONCURRENCY", "many")]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(err.to_string().contains("EVENT_BUS_CONSUMER_CONCURRENCY"), "{err}");
+        assert!(
+            err.to_string().contains("EVENT_BUS_CONSUMER_CONCURRENCY"),
+            "{err}"
+        );
     }
 
     #[test]

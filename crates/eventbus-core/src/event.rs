@@ -118,7 +118,23 @@ macro_rules! display_key {
     };
 }
 
-display_key!(String, str, i8, i16, i32, i64, u8, u16, u32, u64, isize, usize, bool, char, uuid::Uuid);
+display_key!(
+    String,
+    str,
+    i8,
+    i16,
+    i32,
+    i64,
+    u8,
+    u16,
+    u32,
+    u64,
+    isize,
+    usize,
+    bool,
+    char,
+    uuid::Uuid
+);
 
 impl<T: EventKey + ?Sized> EventKey for &T {
     fn event_key(&self) -> Option<String> {

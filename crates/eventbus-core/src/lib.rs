@@ -35,8 +35,8 @@ pub use routing::{RoutingTable, TopicRoute};
 pub use serializer::{SchemaStore, Serializer, SerializerKind};
 pub use signal::{BoxError, Receiver, ReceiverId, SendReport, Signal};
 pub use transport::{
-    Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher, StartPosition,
-    Subscriber, Subscription, Transport,
+    Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher,
+    StartPosition, Subscriber, Subscription, Transport,
 };
 
 /// Re-exports used by the derive macros and by backend registration; not a stable API.

@@ -67,7 +67,11 @@ impl fmt::Debug for Producer {
 
 impl Producer {
     /// A producer over a backend publisher.
-    pub fn new(publisher: Arc<dyn Publisher>, serializer: Arc<dyn Serializer>, settings: ProducerSettings) -> Self {
+    pub fn new(
+        publisher: Arc<dyn Publisher>,
+        serializer: Arc<dyn Serializer>,
+        settings: ProducerSettings,
+    ) -> Self {
         Self {
             publisher,
             serializer,
@@ -124,7 +128,12 @@ impl Producer {
     }
 
     /// Publishes an event that already has metadata (from a signal) with an explicit key.
-    pub async fn send_envelope<E: Event>(&self, topic: &str, envelope: &Envelope<E>, key: Option<String>) -> Result<Position> {
+    pub async fn send_envelope<E: Event>(
+        &self,
+        topic: &str,
+        envelope: &Envelope<E>,
+        key: Option<String>,
+    ) -> Result<Position> {
         let full = self.settings.full_topic(topic);
         let message = self.encode(&full, envelope.event(), envelope.metadata(), key)?;
         single(self.publish(&full, vec![message]).await?, &full)
@@ -161,7 +170,10 @@ impl Producer {
 
 fn single(mut positions: Vec<Position>, topic: &str) -> Result<Position> {
     positions.pop().ok_or_else(|| {
-        Error::new(ErrorKind::Publish, "the backend confirmed no message; this is a backend bug")
-            .with("topic", topic)
+        Error::new(
+            ErrorKind::Publish,
+            "the backend confirmed no message; this is a backend bug",
+        )
+        .with("topic", topic)
     })
 }

@@ -123,9 +123,11 @@ fn known_name(wanted: &str) -> Option<(&'static str, &'static str)> {
     let wanted = wanted.to_ascii_lowercase();
     KNOWN_BACKENDS.iter().copied().find(|(name, _)| {
         wanted == *name
-            || wanted
-                .split(['.', ':'])
-                .any(|s| s == *name || s == format!("edx_event_bus_{name}") || s == format!("eventbus_{name}"))
+            || wanted.split(['.', ':']).any(|s| {
+                s == *name
+                    || s == format!("edx_event_bus_{name}")
+                    || s == format!("eventbus_{name}")
+            })
     })
 }
 
@@ -133,7 +135,11 @@ fn unknown(what: &str, wanted: &str, setting: &str) -> Error {
     let available: Vec<&str> = available().iter().map(|f| f.name).collect();
     let mut message = format!(
         "no backend `{wanted}` is available ({what}); compiled in: {}",
-        if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+        if available.is_empty() {
+            "none".to_owned()
+        } else {
+            available.join(", ")
+        }
     );
     match known_name(wanted) {
         Some((name, feature)) => message.push_str(&format!(
@@ -156,13 +162,21 @@ fn unknown(what: &str, wanted: &str, setting: &str) -> Error {
 /// The scheme of a URL, checked for shape.
 fn scheme_of(url: &str) -> Result<String> {
     let malformed = || {
-        Error::new(ErrorKind::Config, "the URL is malformed; expected scheme://host[:port][/…], e.g. redis://127.0.0.1:6379")
-            .with("setting", "EVENT_BUS_URL")
-            .with("url", redact_url(url))
+        Error::new(
+            ErrorKind::Config,
+            "the URL is malformed; expected scheme://host[:port][/…], e.g. redis://127.0.0.1:6379",
+        )
+        .with("setting", "EVENT_BUS_URL")
+        .with("url", redact_url(url))
     };
     let (scheme, _) = url.split_once("://").ok_or_else(malformed)?;
-    let valid = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let valid = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     if valid {
         Ok(scheme.to_ascii_lowercase())
     } else {
@@ -174,7 +188,10 @@ fn scheme_of(url: &str) -> Result<String> {
 pub fn select(config: &BusConfig) -> Result<&'static BackendFactory> {
     let all = available();
     let setting = config.backend_setting.unwrap_or("backend");
-    if let (Some(p), Some(c)) = (config.options.get("EVENT_BUS_PRODUCER"), config.options.get("EVENT_BUS_CONSUMER")) {
+    if let (Some(p), Some(c)) = (
+        config.options.get("EVENT_BUS_PRODUCER"),
+        config.options.get("EVENT_BUS_CONSUMER"),
+    ) {
         let p_f = all.iter().find(|f| names(f, p)).map(|f| f.name);
         let c_f = all.iter().find(|f| names(f, c)).map(|f| f.name);
         if p_f != c_f {
@@ -197,26 +214,45 @@ pub fn select(config: &BusConfig) -> Result<&'static BackendFactory> {
         None => None,
     };
     match (by_name, scheme) {
-        (Some(factory), Some(scheme)) if !factory.schemes.contains(&scheme.as_str()) => Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "the URL scheme `{scheme}` does not belong to backend `{}`, which takes {}",
-                factory.name,
-                factory.schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ")
-            ),
-        )
-        .with("setting", "EVENT_BUS_URL")),
+        (Some(factory), Some(scheme)) if !factory.schemes.contains(&scheme.as_str()) => {
+            Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the URL scheme `{scheme}` does not belong to backend `{}`, which takes {}",
+                    factory.name,
+                    factory
+                        .schemes
+                        .iter()
+                        .map(|s| format!("{s}://"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .with("setting", "EVENT_BUS_URL"))
+        }
         (Some(factory), _) => Ok(factory),
         (None, Some(scheme)) => all
             .iter()
             .copied()
             .find(|f| f.schemes.contains(&scheme.as_str()))
-            .ok_or_else(|| unknown(&format!("for URL scheme `{scheme}://`"), &scheme, "EVENT_BUS_URL")),
+            .ok_or_else(|| {
+                unknown(
+                    &format!("for URL scheme `{scheme}://`"),
+                    &scheme,
+                    "EVENT_BUS_URL",
+                )
+            }),
         (None, None) => all
             .iter()
             .copied()
             .find(|f| f.name == "memory")
-            .ok_or_else(|| unknown("the default, as neither EVENT_BUS_BACKEND nor EVENT_BUS_URL is set", "memory", "EVENT_BUS_BACKEND")),
+            .ok_or_else(|| {
+                unknown(
+                    "the default, as neither EVENT_BUS_BACKEND nor EVENT_BUS_URL is set",
+                    "memory",
+                    "EVENT_BUS_BACKEND",
+                )
+            }),
     }
 }
 

@@ -83,7 +83,10 @@ impl RoutingTable {
     /// Adds a route for the type name `event_type`.
     #[must_use]
     pub fn add(mut self, event_type: impl Into<String>, route: TopicRoute) -> Self {
-        self.routes.entry(event_type.into()).or_default().push(route);
+        self.routes
+            .entry(event_type.into())
+            .or_default()
+            .push(route);
         self
     }
 
@@ -109,7 +112,10 @@ impl RoutingTable {
 
     /// The routes of `event_type`.
     pub fn routes(&self, event_type: &str) -> &[TopicRoute] {
-        self.routes.get(event_type).map(Vec::as_slice).unwrap_or_default()
+        self.routes
+            .get(event_type)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Whether the table has no routes.
@@ -140,7 +146,12 @@ pub(crate) fn installed() -> Option<Arc<Outbox>> {
 /// Metadata for a signal sent with no bus installed.
 pub(crate) fn default_metadata<E: Event>() -> EventMetadata {
     let service = std::env::var("EVENTS_SERVICE_NAME").unwrap_or_else(|_| "eventbus".to_owned());
-    EventMetadata::new(E::EVENT_TYPE, E::MINOR_VERSION, &source_for_service(&service), &host_name())
+    EventMetadata::new(
+        E::EVENT_TYPE,
+        E::MINOR_VERSION,
+        &source_for_service(&service),
+        &host_name(),
+    )
 }
 
 impl Outbox {
@@ -148,14 +159,25 @@ impl Outbox {
         self.producer.metadata::<E>()
     }
 
-    pub(crate) async fn publish<E: Event>(&self, envelope: &Envelope<E>) -> Result<Vec<(String, Position)>> {
+    pub(crate) async fn publish<E: Event>(
+        &self,
+        envelope: &Envelope<E>,
+    ) -> Result<Vec<(String, Position)>> {
         let mut published = Vec::new();
-        for route in self.table.routes(E::EVENT_TYPE).iter().filter(|r| r.enabled) {
+        for route in self
+            .table
+            .routes(E::EVENT_TYPE)
+            .iter()
+            .filter(|r| r.enabled)
+        {
             let key = match &route.key_field {
                 Some(path) => key_at_path(envelope.event(), path)?,
                 None => envelope.event().key(),
             };
-            let position = self.producer.send_envelope(&route.topic, envelope, key).await?;
+            let position = self
+                .producer
+                .send_envelope(&route.topic, envelope, key)
+                .await?;
             published.push((route.topic.clone(), position));
         }
         Ok(published)
@@ -172,9 +194,12 @@ fn key_at_path<E: Event>(event: &E, path: &str) -> Result<Option<String>> {
     let mut at = &value;
     for part in path.split('.') {
         at = at.get(part).ok_or_else(|| {
-            Error::new(ErrorKind::Config, "the event has no field at the configured key path")
-                .with("event_type", E::EVENT_TYPE)
-                .with("event_key_field", path)
+            Error::new(
+                ErrorKind::Config,
+                "the event has no field at the configured key path",
+            )
+            .with("event_type", E::EVENT_TYPE)
+            .with("event_key_field", path)
         })?;
     }
     Ok(match at {
@@ -206,6 +231,9 @@ mod tests {
     #[test]
     fn bad_producer_config_names_the_setting() {
         let err = RoutingTable::from_json("[1]").unwrap_err();
-        assert!(err.to_string().contains("EVENT_BUS_PRODUCER_CONFIG"), "{err}");
+        assert!(
+            err.to_string().contains("EVENT_BUS_PRODUCER_CONFIG"),
+            "{err}"
+        );
     }
 }

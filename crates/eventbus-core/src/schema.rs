@@ -126,7 +126,10 @@ impl<'de> serde::Deserialize<'de> for Bytes {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
                 Ok(Bytes(v))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bytes, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
@@ -170,7 +173,10 @@ pub fn record(
 /// The top-level schema of an event: a record named `CloudEvent` in the event type's namespace,
 /// exactly as Open edX's `schema_from_signal` lays it out.
 #[doc(hidden)]
-pub fn cloud_event(event_type: &str, fields: impl FnOnce(&mut SchemaBuilder) -> Vec<Value>) -> Value {
+pub fn cloud_event(
+    event_type: &str,
+    fields: impl FnOnce(&mut SchemaBuilder) -> Vec<Value>,
+) -> Value {
     let mut builder = SchemaBuilder::new();
     json!({
         "name": "CloudEvent",

@@ -70,7 +70,11 @@ pub trait Serializer: Send + Sync + fmt::Debug {
     /// The payload's content type, e.g. `application/avro`.
     fn content_type(&self) -> &'static str;
     /// Encodes one event.
-    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>>;
+    fn encode(
+        &self,
+        event: &dyn erased_serde::Serialize,
+        ctx: &SchemaContext<'_>,
+    ) -> Result<Vec<u8>>;
     /// Decodes one payload.
     fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>>;
 }
@@ -165,7 +169,8 @@ impl SchemaStore {
     /// The id of `schema` under `subject`, if registered.
     pub fn registered_id(&self, subject: &str, schema: &EventSchema) -> Option<u32> {
         let ids = self.ids.read().ok()?;
-        ids.get(&(subject.to_owned(), schema.json().to_owned())).copied()
+        ids.get(&(subject.to_owned(), schema.json().to_owned()))
+            .copied()
     }
 
     /// The schema registered with `id`.
@@ -188,7 +193,11 @@ fn avro_text_types() {
     });
 }
 
-fn encode_datum(event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>, out: &mut Vec<u8>) -> Result<()> {
+fn encode_datum(
+    event: &dyn erased_serde::Serialize,
+    ctx: &SchemaContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     avro_text_types();
     apache_avro::write_avro_datum_ref(ctx.schema.avro(), &event, out)
         .map(drop)
@@ -202,15 +211,23 @@ fn encode_datum(event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>, ou
         })
 }
 
-fn decode_datum(mut payload: &[u8], writer: &EventSchema, ctx: &SchemaContext<'_>) -> Result<Value> {
+fn decode_datum(
+    mut payload: &[u8],
+    writer: &EventSchema,
+    ctx: &SchemaContext<'_>,
+) -> Result<Value> {
     avro_text_types();
     let reader = ctx.schema;
     // Resolution costs time; skip it when writer and reader are the same schema.
-    let resolve = (!std::ptr::eq(writer, reader) && writer.json() != reader.json()).then(|| reader.avro());
+    let resolve =
+        (!std::ptr::eq(writer, reader) && writer.json() != reader.json()).then(|| reader.avro());
     apache_avro::from_avro_datum(writer.avro(), &mut payload, resolve).map_err(|e| {
-        Error::new(ErrorKind::Deserialize, "the payload is not valid Avro for this event type")
-            .with("event_type", ctx.event_type)
-            .with_source(e)
+        Error::new(
+            ErrorKind::Deserialize,
+            "the payload is not valid Avro for this event type",
+        )
+        .with("event_type", ctx.event_type)
+        .with_source(e)
     })
 }
 
@@ -236,7 +253,11 @@ impl Serializer for AvroSerializer {
         "application/avro"
     }
 
-    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        event: &dyn erased_serde::Serialize,
+        ctx: &SchemaContext<'_>,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(128);
         encode_datum(event, ctx, &mut out)?;
         Ok(out)
@@ -281,7 +302,9 @@ pub fn confluent_frame(schema_id: u32, datum: &[u8]) -> Vec<u8> {
 /// Splits a Confluent-framed payload into schema id and datum.
 pub fn confluent_unframe(payload: &[u8]) -> Result<(u32, &[u8])> {
     match payload {
-        [CONFLUENT_MAGIC, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        [CONFLUENT_MAGIC, a, b, c, d, datum @ ..] => {
+            Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum))
+        }
         _ => Err(Error::new(
             ErrorKind::Deserialize,
             "the payload is not in Confluent framing (magic byte 0 and a 4-byte schema id)",
@@ -311,7 +334,11 @@ impl Serializer for ConfluentAvroSerializer {
         "application/avro"
     }
 
-    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        event: &dyn erased_serde::Serialize,
+        ctx: &SchemaContext<'_>,
+    ) -> Result<Vec<u8>> {
         let subject = confluent_subject(ctx.topic, ctx.event_type);
         let id = self.store.registered_id(&subject, ctx.schema).ok_or_else(|| {
             Error::new(
@@ -355,7 +382,11 @@ impl Serializer for JsonSerializer {
         "application/json"
     }
 
-    fn encode(&self, event: &dyn erased_serde::Serialize, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        event: &dyn erased_serde::Serialize,
+        ctx: &SchemaContext<'_>,
+    ) -> Result<Vec<u8>> {
         serde_json::to_vec(event).map_err(|e| {
             Error::new(ErrorKind::Serialize, "the event cannot be written as JSON")
                 .with("event_type", ctx.event_type)
@@ -369,7 +400,11 @@ impl Serializer for JsonSerializer {
 }
 
 /// Encodes `event` with `serializer` for `topic`.
-pub fn encode_event<E: Event>(serializer: &dyn Serializer, topic: &str, event: &E) -> Result<Vec<u8>> {
+pub fn encode_event<E: Event>(
+    serializer: &dyn Serializer,
+    topic: &str,
+    event: &E,
+) -> Result<Vec<u8>> {
     let schema = E::schema()?;
     let ctx = SchemaContext {
         topic,

@@ -149,9 +149,11 @@ impl<E: Event> Signal<E> {
         }
         match first_error {
             None => Ok(()),
-            Some(e) => Err(Error::new(ErrorKind::Receiver, format!("{failed} receiver(s) failed"))
-                .with("event_type", E::EVENT_TYPE)
-                .with_source(BoxedSource(e))),
+            Some(e) => Err(
+                Error::new(ErrorKind::Receiver, format!("{failed} receiver(s) failed"))
+                    .with("event_type", E::EVENT_TYPE)
+                    .with_source(BoxedSource(e)),
+            ),
         }
     }
 }

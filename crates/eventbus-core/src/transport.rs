@@ -152,7 +152,11 @@ pub struct Subscription {
 
 impl Subscription {
     /// A subscription to one topic.
-    pub fn new(topic: impl Into<String>, group: impl Into<String>, consumer: impl Into<String>) -> Self {
+    pub fn new(
+        topic: impl Into<String>,
+        group: impl Into<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
         Self {
             topics: vec![topic.into()],
             group: group.into(),

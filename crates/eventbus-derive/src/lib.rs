@@ -190,7 +190,9 @@ fn key_expr(core: &Tokens, key: Option<&LitStr>, fields: &[FieldInfo]) -> syn::R
     };
     let head = &field.ident;
     let rest = parts
-        .map(|p| syn::parse_str::<Ident>(p).map_err(|_| syn::Error::new_spanned(key, "bad key path")))
+        .map(|p| {
+            syn::parse_str::<Ident>(p).map_err(|_| syn::Error::new_spanned(key, "bad key path"))
+        })
         .collect::<syn::Result<Vec<_>>>()?;
     Ok(quote!(#core::EventKey::event_key(&self.#head #(.#rest)*)))
 }

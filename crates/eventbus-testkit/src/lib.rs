@@ -3,5 +3,6 @@
 //! real broker processes.
 #![forbid(unsafe_code)]
 
-pub mod memory;
+pub mod capture;
 pub mod conformance;
+pub mod memory;

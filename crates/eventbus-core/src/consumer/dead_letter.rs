@@ -54,10 +54,20 @@ pub fn topic_for(template: &str, full_topic: &str) -> String {
 }
 
 /// The message that goes to the dead-letter topic: the original plus reason headers.
-pub(crate) fn message(delivery: &Delivery, group: &str, reason: Reason, error: &str, attempts: u32) -> Message {
+pub(crate) fn message(
+    delivery: &Delivery,
+    group: &str,
+    reason: Reason,
+    error: &str,
+    attempts: u32,
+) -> Message {
     let mut message = delivery.message.clone();
     // Headers are one line and bounded: some brokers cap header sizes.
-    let error: String = error.replace(['\n', '\r'], " ").chars().take(1000).collect();
+    let error: String = error
+        .replace(['\n', '\r'], " ")
+        .chars()
+        .take(1000)
+        .collect();
     let h = &mut message.headers;
     h.insert(header::REASON, reason.as_str());
     h.insert(header::ERROR, error);
@@ -65,6 +75,9 @@ pub(crate) fn message(delivery: &Delivery, group: &str, reason: Reason, error: &
     h.insert(header::ORIGINAL_TOPIC, delivery.topic.clone());
     h.insert(header::ORIGINAL_POSITION, delivery.position.to_string());
     h.insert(header::GROUP, group);
-    h.insert(header::TIME, Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false));
+    h.insert(
+        header::TIME,
+        Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false),
+    );
     message
 }

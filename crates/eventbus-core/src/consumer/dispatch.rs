@@ -83,11 +83,13 @@ impl<E: Event> Call for EventCall<E> {
     async fn call(&self) -> Result<()> {
         match self.target.as_ref() {
             Target::Signal => E::signal().dispatch(self.envelope.clone()).await,
-            Target::Receiver(receiver) => receiver.receive(self.envelope.clone()).await.map_err(|e| {
-                Error::new(ErrorKind::Receiver, "the receiver failed")
-                    .with("event_type", E::EVENT_TYPE)
-                    .with_source(BoxedSource(e))
-            }),
+            Target::Receiver(receiver) => {
+                receiver.receive(self.envelope.clone()).await.map_err(|e| {
+                    Error::new(ErrorKind::Receiver, "a receiver returned an error")
+                        .with("event_type", E::EVENT_TYPE)
+                        .with_source(BoxedSource(e))
+                })
+            }
         }
     }
 }

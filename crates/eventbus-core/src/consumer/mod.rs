@@ -55,7 +55,7 @@ impl Default for ConsumerSettings {
 }
 
 /// A consumer being configured. Build it with [`crate::Bus::consumer`], add receivers, then
-/// [`run`](Consumer::run) it or [`spawn`](Consumer::spawn) it.
+/// [`run`](Consumer::run) it or [`start`](Consumer::start) it in the background.
 pub struct Consumer {
     pub(crate) subscriber: Arc<dyn Subscriber>,
     pub(crate) producer: Producer,
@@ -98,7 +98,11 @@ impl Consumer {
             serializer,
             topics: vec![topic.to_owned()],
             group: group.to_owned(),
-            name: format!("{}-{}", crate::metadata::host_name(), uuid::Uuid::new_v4().simple()),
+            name: format!(
+                "{}-{}",
+                crate::metadata::host_name(),
+                uuid::Uuid::new_v4().simple()
+            ),
             start: None,
             routes: HashMap::new(),
             settings,
@@ -144,15 +148,18 @@ impl Consumer {
     #[must_use]
     pub fn handle<E: Event>(mut self, receiver: impl Receiver<E> + 'static) -> Self {
         let route = EventRoute::<E>::to_receiver(Arc::new(receiver));
-        self.routes.insert(E::EVENT_TYPE.to_owned(), Arc::new(route));
+        self.routes
+            .insert(E::EVENT_TYPE.to_owned(), Arc::new(route));
         self
     }
 
     /// Dispatches events of type `E` to the receivers connected to `E::signal()`.
     #[must_use]
     pub fn signal<E: Event>(mut self) -> Self {
-        self.routes
-            .insert(E::EVENT_TYPE.to_owned(), Arc::new(EventRoute::<E>::to_signal()));
+        self.routes.insert(
+            E::EVENT_TYPE.to_owned(),
+            Arc::new(EventRoute::<E>::to_signal()),
+        );
         self
     }
 
@@ -175,19 +182,30 @@ impl Consumer {
 
     /// Runs until `shutdown` completes, then drains in-flight events within the shutdown timeout.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let consumer = if self.routes.is_empty() { self.all_signals() } else { self };
-        runner::run(consumer, shutdown).await
+        let subscribed = runner::subscribe(self.with_default_routes()).await?;
+        runner::run(subscribed, shutdown).await
     }
 
-    /// Runs on a background task; the handle shuts it down.
-    pub fn spawn(self) -> ConsumerHandle {
+    /// Subscribes, then runs on a background task; the handle shuts it down. Subscription
+    /// errors are returned here; once this returns, events published are seen by the consumer
+    /// (when it starts at `Latest`, say).
+    pub async fn start(self) -> Result<ConsumerHandle> {
+        let subscribed = runner::subscribe(self.with_default_routes()).await?;
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(self.run_until(async move {
+        let task = tokio::spawn(runner::run(subscribed, async move {
             let _ = rx.await;
         }));
-        ConsumerHandle {
+        Ok(ConsumerHandle {
             stop: Some(tx),
             task: Some(task),
+        })
+    }
+
+    fn with_default_routes(self) -> Self {
+        if self.routes.is_empty() {
+            self.all_signals()
+        } else {
+            self
         }
     }
 }
@@ -219,7 +237,11 @@ impl ConsumerHandle {
             return Ok(());
         };
         task.await.map_err(|e| {
-            Error::new(ErrorKind::Receiver, "the consumer task panicked or was cancelled").with_source(e)
+            Error::new(
+                ErrorKind::Receiver,
+                "the consumer task panicked or was cancelled",
+            )
+            .with_source(e)
         })?
     }
 }

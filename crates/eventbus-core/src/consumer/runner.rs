@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::EventMetadata;
 use crate::producer::Producer;
 use crate::serializer::Serializer;
-use crate::transport::{Delivery, Subscription};
+use crate::transport::{Delivery, DeliveryStream, Subscription};
 
 /// Queue depth per lane: small, so a slow lane pushes back on fetching instead of hoarding.
 const LANE_DEPTH: usize = 4;
@@ -41,31 +41,51 @@ struct Failure {
     attempts: u32,
 }
 
-pub(super) async fn run(consumer: Consumer, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    let Consumer {
-        subscriber,
-        producer,
-        serializer,
-        topics,
-        group,
-        name,
-        start,
-        routes,
-        settings,
-    } = consumer;
-    let full_topics: Vec<String> = topics.iter().map(|t| producer.settings().full_topic(t)).collect();
+/// A consumer whose subscription is open, ready to run.
+pub(super) struct Subscribed {
+    consumer: Consumer,
+    stream: DeliveryStream,
+}
+
+/// Opens the subscription, so that a bad topic, group or connection fails here, before any
+/// task is spawned.
+pub(super) async fn subscribe(consumer: Consumer) -> Result<Subscribed> {
+    let full_topics: Vec<String> = consumer
+        .topics
+        .iter()
+        .map(|t| consumer.producer.settings().full_topic(t))
+        .collect();
     let subscription = Subscription {
         topics: full_topics.clone(),
-        group: group.clone(),
-        consumer: name.clone(),
-        start,
+        group: consumer.group.clone(),
+        consumer: consumer.name.clone(),
+        start: consumer.start.clone(),
     };
-    let mut stream = subscriber
+    let stream = consumer
+        .subscriber
         .subscribe(subscription)
         .await
-        .map_err(|e| e.with("group", &group))?;
-    tracing::info!(topics = ?full_topics, %group, consumer = %name, "consumer started");
+        .map_err(|e| e.with("group", &consumer.group))?;
+    tracing::info!(topics = ?full_topics, group = %consumer.group, consumer = %consumer.name, "consumer subscribed");
+    Ok(Subscribed { consumer, stream })
+}
 
+pub(super) async fn run(
+    subscribed: Subscribed,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let Subscribed {
+        consumer,
+        mut stream,
+    } = subscribed;
+    let Consumer {
+        producer,
+        serializer,
+        group,
+        routes,
+        settings,
+        ..
+    } = consumer;
     let (fatal_tx, mut fatal_rx) = watch::channel(None);
     let lanes_n = settings.concurrency.max(1);
     let shutdown_timeout = settings.shutdown_timeout;
@@ -136,7 +156,11 @@ pub(super) async fn run(consumer: Consumer, shutdown: impl Future<Output = ()> +
 
     // Stop fetching, let the lanes finish what they hold, then leave the group.
     drop(lanes);
-    let drained = tokio::time::timeout(shutdown_timeout, futures::future::join_all(workers.iter_mut())).await;
+    let drained = tokio::time::timeout(
+        shutdown_timeout,
+        futures::future::join_all(workers.iter_mut()),
+    )
+    .await;
     if drained.is_err() {
         for worker in &workers {
             worker.abort();
@@ -172,11 +196,13 @@ impl Shared {
     async fn handle(&self, delivery: &Delivery) -> Result<(), Failure> {
         let fail = |reason, error: Error| Failure {
             reason,
-            error: error.with("topic", &delivery.topic).with("position", &delivery.position),
+            error: error
+                .with("topic", &delivery.topic)
+                .with("position", &delivery.position),
             attempts: 0,
         };
-        let metadata =
-            EventMetadata::from_headers(&delivery.message.headers).map_err(|e| fail(Reason::InvalidHeaders, e))?;
+        let metadata = EventMetadata::from_headers(&delivery.message.headers)
+            .map_err(|e| fail(Reason::InvalidHeaders, e))?;
         let Some(route) = self.routes.get(&metadata.event_type) else {
             let error = Error::new(
                 ErrorKind::UnknownEventType,
@@ -186,7 +212,12 @@ impl Shared {
             return Err(fail(Reason::UnknownEventType, error));
         };
         let call = route
-            .prepare(&delivery.topic, &delivery.message.payload, metadata, self.serializer.as_ref())
+            .prepare(
+                &delivery.topic,
+                &delivery.message.payload,
+                metadata,
+                self.serializer.as_ref(),
+            )
             .map_err(|e| fail(Reason::Undecodable, e))?;
 
         let retry = self.settings.retry;
@@ -196,7 +227,10 @@ impl Shared {
             let error = match result {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => e,
-                Err(panic) => Error::new(ErrorKind::Receiver, format!("a receiver panicked: {}", panic_text(&*panic))),
+                Err(panic) => Error::new(
+                    ErrorKind::Receiver,
+                    format!("a receiver panicked: {}", panic_text(&*panic)),
+                ),
             };
             if !retry.retries_after(attempt) {
                 return Err(Failure {
@@ -215,7 +249,13 @@ impl Shared {
         let topic = dead_letter::topic_for(&self.settings.dead_letter_topic, &delivery.topic);
         let error_text = failure.error.to_string();
         tracing::warn!(reason = failure.reason.as_str(), error = %error_text, dead_letter_topic = %topic, "dead-lettering event");
-        let message = dead_letter::message(&delivery, &self.group, failure.reason, &error_text, failure.attempts);
+        let message = dead_letter::message(
+            &delivery,
+            &self.group,
+            failure.reason,
+            &error_text,
+            failure.attempts,
+        );
         let counts_as_error = failure.reason == Reason::ReceiverFailed;
         match self.producer.publish(&topic, vec![message]).await {
             Ok(_) => match delivery.ack().await {
@@ -252,4 +292,3 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-text panic".to_owned())
 }
-

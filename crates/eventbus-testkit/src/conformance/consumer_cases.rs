@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventbus_core::consumer::dead_letter::header as dlq;
-use eventbus_core::{AvroRecord, Bus, DeliveryStream, Envelope, ErrorKind, Event, Message, StartPosition};
+use eventbus_core::{
+    AvroRecord, Bus, DeliveryStream, Envelope, ErrorKind, Event, Message, StartPosition,
+};
 use serde::{Deserialize, Serialize};
 
 use super::support::{check, next, require, take_acked, CaseError, Ctx, RECEIVE_TIMEOUT};
@@ -55,7 +57,9 @@ fn item(key: &str, seq: i64) -> ConformanceItem {
     ConformanceItem {
         seq,
         key: key.to_owned(),
-        origin: ItemOrigin { source: "conformance".into() },
+        origin: ItemOrigin {
+            source: "conformance".into(),
+        },
     }
 }
 
@@ -76,14 +80,30 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), Ca
     Ok(())
 }
 
-async fn dead_letters(ctx: &Ctx, bus: &Bus, topic: &str, n: usize) -> Result<Vec<Message>, CaseError> {
-    let dlq_topic = eventbus_core::consumer::dead_letter::topic_for(&bus.config().consumer.dead_letter_topic, topic);
+async fn dead_letters(
+    ctx: &Ctx,
+    bus: &Bus,
+    topic: &str,
+    n: usize,
+) -> Result<Vec<Message>, CaseError> {
+    let dlq_topic = eventbus_core::consumer::dead_letter::topic_for(
+        &bus.config().consumer.dead_letter_topic,
+        topic,
+    );
     let mut stream: DeliveryStream = ctx
-        .subscribe(&[&dlq_topic], &ctx.group("dlq-reader"), Some(StartPosition::Earliest))
+        .subscribe(
+            &[&dlq_topic],
+            &ctx.group("dlq-reader"),
+            Some(StartPosition::Earliest),
+        )
         .await?;
     let mut out = Vec::new();
     while out.len() < n {
-        let d = next(&mut stream, &format!("dead letter {} of {n} on {dlq_topic}", out.len() + 1)).await?;
+        let d = next(
+            &mut stream,
+            &format!("dead letter {} of {n} on {dlq_topic}", out.len() + 1),
+        )
+        .await?;
         out.push(d.message.clone());
         d.ack().await?;
     }
@@ -106,31 +126,56 @@ async fn poison_messages_dead_lettered(ctx: &Ctx) -> CaseResultOf {
                 Ok::<_, std::io::Error>(())
             }
         })
-        .spawn();
+        .start()
+        .await?;
 
     let producer = bus.producer();
-    let good = producer.encode(&topic, &item("k", 1), &producer.metadata::<ConformanceItem>(), Some("k".into()))?;
+    let good = producer.encode(
+        &topic,
+        &item("k", 1),
+        &producer.metadata::<ConformanceItem>(),
+        Some("k".into()),
+    )?;
     let mut garbage = good.clone();
     garbage.payload = vec![0xff, 0xff, 0xff].into();
     let mut unknown = good.clone();
-    unknown.headers.insert("ce_type", "org.eventbus.conformance.nobody.v1");
+    unknown
+        .headers
+        .insert("ce_type", "org.eventbus.conformance.nobody.v1");
     let mut no_id = good.clone();
     no_id.headers.remove("ce_id");
     ctx.publish(&topic, vec![garbage, unknown, no_id]).await?;
     producer.send(&topic, &item("k", 2)).await?;
 
-    wait_until("the good event after three poison messages", || seen(&log).contains(&("k".into(), 2))).await?;
-    check(!handle.is_finished(), || "the consumer stopped on poison messages".into())?;
-    let letters = dead_letters(ctx, &bus, &topic, 3).await?;
-    let reasons: BTreeSet<&str> = letters.iter().filter_map(|m| m.headers.get(dlq::REASON)).collect();
-    check(reasons == BTreeSet::from(["undecodable", "unknown-event-type", "invalid-headers"]), || {
-        format!("dead-letter reasons: {reasons:?}")
+    wait_until("the good event after three poison messages", || {
+        seen(&log).contains(&("k".into(), 2))
+    })
+    .await?;
+    check(!handle.is_finished(), || {
+        "the consumer stopped on poison messages".into()
     })?;
+    let letters = dead_letters(ctx, &bus, &topic, 3).await?;
+    let reasons: BTreeSet<&str> = letters
+        .iter()
+        .filter_map(|m| m.headers.get(dlq::REASON))
+        .collect();
+    check(
+        reasons == BTreeSet::from(["undecodable", "unknown-event-type", "invalid-headers"]),
+        || format!("dead-letter reasons: {reasons:?}"),
+    )?;
     for m in &letters {
-        check(m.headers.get(dlq::ERROR).is_some_and(|e| !e.is_empty()), || "a dead letter has no error".into())?;
-        check(m.headers.get(dlq::ORIGINAL_TOPIC) == Some(topic.as_str()), || "a dead letter lacks its topic".into())?;
+        check(
+            m.headers.get(dlq::ERROR).is_some_and(|e| !e.is_empty()),
+            || "a dead letter has no error".into(),
+        )?;
+        check(
+            m.headers.get(dlq::ORIGINAL_TOPIC) == Some(topic.as_str()),
+            || "a dead letter lacks its topic".into(),
+        )?;
     }
-    check(seen(&log).len() == 1, || format!("receiver saw {:?}", seen(&log)))?;
+    check(seen(&log).len() == 1, || {
+        format!("receiver saw {:?}", seen(&log))
+    })?;
     handle.shutdown().await.map_err(Into::into)
 }
 
@@ -145,7 +190,9 @@ async fn retries_then_dead_letter(ctx: &Ctx) -> CaseResultOf {
             let counter = Arc::clone(&counter);
             async move {
                 let n = {
-                    let mut c = counter.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+                    let mut c = counter
+                        .lock()
+                        .map_err(|_| std::io::Error::other("poisoned"))?;
                     let n = c.entry(e.seq).or_insert(0);
                     *n += 1;
                     *n
@@ -157,26 +204,44 @@ async fn retries_then_dead_letter(ctx: &Ctx) -> CaseResultOf {
                 }
             }
         })
-        .spawn();
+        .start()
+        .await?;
     let failing = bus.producer().send(&topic, &item("a", 1)).await?;
     bus.producer().send(&topic, &item("b", 2)).await?;
     let letters = dead_letters(ctx, &bus, &topic, 1).await?;
     let letter = &letters[0];
-    check(letter.headers.get(dlq::REASON) == Some("receiver-failed"), || format!("reason {:?}", letter.headers.get(dlq::REASON)))?;
-    check(letter.headers.get(dlq::ATTEMPTS) == Some("3"), || format!("attempts {:?}", letter.headers.get(dlq::ATTEMPTS)))?;
-    check(letter.headers.get(dlq::ORIGINAL_POSITION) == Some(failing.to_string().as_str()), || {
-        format!("position {:?}, published at {failing}", letter.headers.get(dlq::ORIGINAL_POSITION))
+    check(
+        letter.headers.get(dlq::REASON) == Some("receiver-failed"),
+        || format!("reason {:?}", letter.headers.get(dlq::REASON)),
+    )?;
+    check(letter.headers.get(dlq::ATTEMPTS) == Some("3"), || {
+        format!("attempts {:?}", letter.headers.get(dlq::ATTEMPTS))
     })?;
-    check(letter.headers.get(dlq::ERROR).is_some_and(|e| e.contains("always fails")), || {
-        format!("error {:?}", letter.headers.get(dlq::ERROR))
-    })?;
+    check(
+        letter.headers.get(dlq::ORIGINAL_POSITION) == Some(failing.to_string().as_str()),
+        || {
+            format!(
+                "position {:?}, published at {failing}",
+                letter.headers.get(dlq::ORIGINAL_POSITION)
+            )
+        },
+    )?;
+    check(
+        letter
+            .headers
+            .get(dlq::ERROR)
+            .is_some_and(|e| e.contains("always fails")),
+        || format!("error {:?}", letter.headers.get(dlq::ERROR)),
+    )?;
     wait_until("the event that succeeds on its third attempt", || {
         calls.lock().map(|c| c.get(&2) == Some(&3)).unwrap_or(false)
     })
     .await?;
     handle.shutdown().await?;
     let counts = calls.lock().map(|c| c.clone()).unwrap_or_default();
-    check(counts.get(&1) == Some(&3), || format!("the failing event ran {:?} times", counts.get(&1)))
+    check(counts.get(&1) == Some(&3), || {
+        format!("the failing event ran {:?} times", counts.get(&1))
+    })
 }
 
 async fn runner_keeps_order_per_key(ctx: &Ctx) -> CaseResultOf {
@@ -184,7 +249,9 @@ async fn runner_keeps_order_per_key(ctx: &Ctx) -> CaseResultOf {
     let bus = ctx.bus().await?;
     let topic = ctx.topic("t");
     let keys = ["a", "b", "c", "d", "e"];
-    let batch: Vec<_> = (0..20).flat_map(|i| keys.iter().map(move |k| item(k, i))).collect();
+    let batch: Vec<_> = (0..20)
+        .flat_map(|i| keys.iter().map(move |k| item(k, i)))
+        .collect();
     bus.producer().send_batch(&topic, &batch).await?;
     let log: Seen = Arc::default();
     let sink = Arc::clone(&log);
@@ -202,12 +269,19 @@ async fn runner_keeps_order_per_key(ctx: &Ctx) -> CaseResultOf {
                 Ok::<_, std::io::Error>(())
             }
         })
-        .spawn();
+        .start()
+        .await?;
     wait_until("100 keyed events", || seen(&log).len() >= 100).await?;
     handle.shutdown().await?;
     for k in keys {
-        let seq: Vec<i64> = seen(&log).iter().filter(|(key, _)| key == k).map(|(_, s)| *s).collect();
-        check(seq == (0..20).collect::<Vec<_>>(), || format!("key {k} handled as {seq:?}"))?;
+        let seq: Vec<i64> = seen(&log)
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, s)| *s)
+            .collect();
+        check(seq == (0..20).collect::<Vec<_>>(), || {
+            format!("key {k} handled as {seq:?}")
+        })?;
     }
     Ok(())
 }
@@ -234,7 +308,8 @@ async fn shutdown_drains_within_timeout(ctx: &Ctx) -> CaseResultOf {
                 Ok::<_, std::io::Error>(())
             }
         })
-        .spawn();
+        .start()
+        .await?;
     let sent: Vec<_> = (0..3).map(|i| item("k", i)).collect();
     bus.producer().send_batch(&topic, &sent).await?;
     tokio::time::timeout(RECEIVE_TIMEOUT, started.notified())
@@ -243,14 +318,28 @@ async fn shutdown_drains_within_timeout(ctx: &Ctx) -> CaseResultOf {
     let begun = Instant::now();
     handle.shutdown().await?;
     let took = begun.elapsed();
-    check(took < Duration::from_secs(10), || format!("shutdown took {took:?}, over its 10 s timeout"))?;
+    check(took < Duration::from_secs(10), || {
+        format!("shutdown took {took:?}, over its 10 s timeout")
+    })?;
     let done: BTreeSet<i64> = seen(&log).iter().map(|(_, s)| *s).collect();
-    check(!done.is_empty(), || "the in-flight event was abandoned instead of finished".into())?;
+    check(!done.is_empty(), || {
+        "the in-flight event was abandoned instead of finished".into()
+    })?;
     // Whatever was not finished is still there for the group: nothing lost.
     let mut stream = ctx.subscribe(&[&topic], &group, None).await?;
-    let rest = take_acked(&mut stream, 3 - done.len(), "the events not handled before shutdown").await;
+    let rest = take_acked(
+        &mut stream,
+        3 - done.len(),
+        "the events not handled before shutdown",
+    )
+    .await;
     let rest = rest.map(|r| r.len()).unwrap_or(0);
-    check(done.len() + rest >= 3, || format!("{} handled before shutdown, {rest} left for the group", done.len()))
+    check(done.len() + rest >= 3, || {
+        format!(
+            "{} handled before shutdown, {rest} left for the group",
+            done.len()
+        )
+    })
 }
 
 async fn consecutive_errors_stop_consumer(ctx: &Ctx) -> CaseResultOf {
@@ -263,22 +352,35 @@ async fn consecutive_errors_stop_consumer(ctx: &Ctx) -> CaseResultOf {
             s.retry.max_attempts = 1;
             s.concurrency = 1;
         })
-        .handle(|_: Envelope<ConformanceItem>| async { Err::<(), _>(std::io::Error::other("broken dependency")) })
-        .spawn();
+        .handle(|_: Envelope<ConformanceItem>| async {
+            Err::<(), _>(std::io::Error::other("broken dependency"))
+        })
+        .start()
+        .await?;
     let sent: Vec<_> = (0..5).map(|i| item("k", i)).collect();
     bus.producer().send_batch(&topic, &sent).await?;
     let ended = tokio::time::timeout(RECEIVE_TIMEOUT, handle.join())
         .await
-        .map_err(|_| CaseError::Fail("the consumer kept running past the consecutive-errors limit".into()))?;
+        .map_err(|_| {
+            CaseError::Fail("the consumer kept running past the consecutive-errors limit".into())
+        })?;
     match ended {
         Err(e) if e.kind() == ErrorKind::TooManyErrors => {
-            check(e.to_string().contains("broken dependency"), || format!("the error does not say why: {e}"))?;
+            check(e.to_string().contains("broken dependency"), || {
+                format!("the error does not say why: {e}")
+            })?;
         }
-        other => return Err(CaseError::Fail(format!("the consumer ended with {other:?}"))),
+        other => {
+            return Err(CaseError::Fail(format!(
+                "the consumer ended with {other:?}"
+            )))
+        }
     }
     // The failures it gave up on are dead letters, not losses.
     let letters = dead_letters(ctx, &bus, &topic, 3).await?;
-    check(letters.len() == 3, || format!("{} dead letters", letters.len()))?;
+    check(letters.len() == 3, || {
+        format!("{} dead letters", letters.len())
+    })?;
     let _ = ConformanceItem::schema()?;
     Ok(())
 }

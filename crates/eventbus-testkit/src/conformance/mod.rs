@@ -147,7 +147,11 @@ impl Report {
 
     /// Panics with every failure when any case failed.
     pub fn assert_passed(&self) {
-        assert!(self.failed() == 0, "conformance failures for {}:\n{self}", self.target);
+        assert!(
+            self.failed() == 0,
+            "conformance failures for {}:\n{self}",
+            self.target
+        );
     }
 }
 
@@ -159,7 +163,12 @@ impl fmt::Display for Report {
                 Outcome::Failed(why) => ("FAIL", format!(": {why}")),
                 Outcome::Skipped(why) => ("skip", format!(": {why}")),
             };
-            writeln!(f, "  [{mark}] {} ({} ms){detail}", r.name, r.elapsed.as_millis())?;
+            writeln!(
+                f,
+                "  [{mark}] {} ({} ms){detail}",
+                r.name,
+                r.elapsed.as_millis()
+            )?;
         }
         write!(
             f,
@@ -227,7 +236,10 @@ impl Suite {
         });
         let mut results = Vec::new();
         for case in cases() {
-            if filter.as_ref().is_some_and(|f| !f.iter().any(|n| n == case.name)) {
+            if filter
+                .as_ref()
+                .is_some_and(|f| !f.iter().any(|n| n == case.name))
+            {
                 continue;
             }
             let started = Instant::now();

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use eventbus_core::{
-    Bus, BusConfig, Delivery, DeliveryStream, Error, Guarantees, Message, Position, SerializerKind, StartPosition,
-    Subscription, Transport,
+    Bus, BusConfig, Delivery, DeliveryStream, Error, Guarantees, Message, Position, SerializerKind,
+    StartPosition, Subscription, Transport,
 };
 use futures::StreamExt;
 
@@ -45,7 +45,9 @@ pub fn require(declared: bool, guarantee: &str) -> Result<(), CaseError> {
     if declared {
         Ok(())
     } else {
-        Err(CaseError::Skip(format!("the backend does not declare `{guarantee}`")))
+        Err(CaseError::Skip(format!(
+            "the backend does not declare `{guarantee}`"
+        )))
     }
 }
 
@@ -87,7 +89,9 @@ impl Ctx {
     /// Restarts the broker, or skips the case when the target cannot.
     pub async fn restart_broker(&self) -> Result<(), CaseError> {
         match self.target.restart().await {
-            None => Err(CaseError::Skip("the target cannot restart its broker".into())),
+            None => Err(CaseError::Skip(
+                "the target cannot restart its broker".into(),
+            )),
             Some(result) => Ok(result?),
         }
     }
@@ -114,17 +118,29 @@ impl Ctx {
     }
 
     /// Publishes on the case's connection.
-    pub async fn publish(&self, topic: &str, batch: Vec<Message>) -> Result<Vec<Position>, CaseError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        batch: Vec<Message>,
+    ) -> Result<Vec<Position>, CaseError> {
         let n = batch.len();
         let positions = self.transport.publisher.publish(topic, batch).await?;
         check(positions.len() == n, || {
-            format!("publish of {n} messages returned {} positions", positions.len())
+            format!(
+                "publish of {n} messages returned {} positions",
+                positions.len()
+            )
         })?;
         Ok(positions)
     }
 
     /// Publishes bodies one message each, with `key`.
-    pub async fn publish_bodies(&self, topic: &str, key: Option<&str>, bodies: impl IntoIterator<Item = String>) -> Result<(), CaseError> {
+    pub async fn publish_bodies(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        bodies: impl IntoIterator<Item = String>,
+    ) -> Result<(), CaseError> {
         let batch = bodies.into_iter().map(|b| self.message(key, &b)).collect();
         self.publish(topic, batch).await.map(drop)
     }
@@ -147,8 +163,14 @@ impl Ctx {
     }
 
     /// Subscribes on the case's connection.
-    pub async fn subscribe(&self, topics: &[&str], group: &str, start: Option<StartPosition>) -> Result<DeliveryStream, CaseError> {
-        self.subscribe_on(&self.transport, topics, group, start).await
+    pub async fn subscribe(
+        &self,
+        topics: &[&str],
+        group: &str,
+        start: Option<StartPosition>,
+    ) -> Result<DeliveryStream, CaseError> {
+        self.subscribe_on(&self.transport, topics, group, start)
+            .await
     }
 
     /// A bus over a new connection with small, fast consumer settings.
@@ -171,15 +193,25 @@ pub fn body(d: &Delivery) -> String {
 /// The next delivery, failing after [`RECEIVE_TIMEOUT`].
 pub async fn next(stream: &mut DeliveryStream, waiting_for: &str) -> Result<Delivery, CaseError> {
     match tokio::time::timeout(RECEIVE_TIMEOUT, stream.next()).await {
-        Err(_) => Err(CaseError::Fail(format!("nothing arrived within {RECEIVE_TIMEOUT:?} while waiting for {waiting_for}"))),
-        Ok(None) => Err(CaseError::Fail(format!("the stream ended while waiting for {waiting_for}"))),
-        Ok(Some(Err(e))) => Err(CaseError::Fail(format!("the stream failed while waiting for {waiting_for}: {e}"))),
+        Err(_) => Err(CaseError::Fail(format!(
+            "nothing arrived within {RECEIVE_TIMEOUT:?} while waiting for {waiting_for}"
+        ))),
+        Ok(None) => Err(CaseError::Fail(format!(
+            "the stream ended while waiting for {waiting_for}"
+        ))),
+        Ok(Some(Err(e))) => Err(CaseError::Fail(format!(
+            "the stream failed while waiting for {waiting_for}: {e}"
+        ))),
         Ok(Some(Ok(d))) => Ok(d),
     }
 }
 
 /// Receives and acks `n` deliveries; returns their bodies in arrival order.
-pub async fn take_acked(stream: &mut DeliveryStream, n: usize, what: &str) -> Result<Vec<String>, CaseError> {
+pub async fn take_acked(
+    stream: &mut DeliveryStream,
+    n: usize,
+    what: &str,
+) -> Result<Vec<String>, CaseError> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let d = next(stream, &format!("{what} ({} of {n})", out.len() + 1)).await?;
@@ -193,7 +225,10 @@ pub async fn take_acked(stream: &mut DeliveryStream, n: usize, what: &str) -> Re
 pub async fn quiet(stream: &mut DeliveryStream, why: &str) -> Result<(), CaseError> {
     match tokio::time::timeout(QUIET_PERIOD, stream.next()).await {
         Err(_) | Ok(None) => Ok(()),
-        Ok(Some(Ok(d))) => Err(CaseError::Fail(format!("unexpected message `{}` ({why})", body(&d)))),
+        Ok(Some(Ok(d))) => Err(CaseError::Fail(format!(
+            "unexpected message `{}` ({why})",
+            body(&d)
+        ))),
         Ok(Some(Err(e))) => Err(CaseError::Fail(format!("stream error ({why}): {e}"))),
     }
 }

@@ -86,9 +86,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// FNV-1a: stable across runs, so a key keeps its partition for the broker's life.
 fn partition_of(key: &str, partitions: usize) -> usize {
-    let hash = key
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (hash % partitions as u64) as usize
 }
 
@@ -118,7 +118,11 @@ impl MemoryBroker {
 
     /// Number of messages stored in `topic`, over all partitions.
     pub fn len(&self, topic: &str) -> usize {
-        lock(&self.topic(topic).state).log.iter().map(Vec::len).sum()
+        lock(&self.topic(topic).state)
+            .log
+            .iter()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Whether `topic` holds no message.
@@ -130,7 +134,12 @@ impl MemoryBroker {
     pub fn messages(&self, topic: &str) -> Vec<Message> {
         let topic = self.topic(topic);
         let state = lock(&topic.state);
-        state.log.iter().flatten().map(|s| s.message.clone()).collect()
+        state
+            .log
+            .iter()
+            .flatten()
+            .map(|s| s.message.clone())
+            .collect()
     }
 
     pub(crate) fn append(&self, topic: &str, batch: Vec<Message>) -> Vec<Position> {
@@ -181,7 +190,10 @@ impl TopicState {
                 "the memory backend has no native positions; start at Earliest, Latest or a Time",
             )
             .with("position", p)),
-            _ => Err(Error::new(ErrorKind::Unsupported, "unknown start position for the memory backend")),
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                "unknown start position for the memory backend",
+            )),
         }
     }
 }
@@ -189,7 +201,13 @@ impl TopicState {
 impl Topic {
     /// Adds a member to `group`, creating the group at `start` (or the earliest message), or
     /// moving an existing group there when `start` is given.
-    pub(crate) fn join(&self, group: &str, member: u64, wake: Arc<Notify>, start: Option<&StartPosition>) -> Result<()> {
+    pub(crate) fn join(
+        &self,
+        group: &str,
+        member: u64,
+        wake: Arc<Notify>,
+        start: Option<&StartPosition>,
+    ) -> Result<()> {
         let mut state = lock(&self.state);
         let exists = state.groups.contains_key(group);
         if !exists || start.is_some() {
@@ -202,10 +220,13 @@ impl Topic {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let entry = state.groups.entry(group.to_owned()).or_insert_with(|| Group {
-                cursors: Vec::new(),
-                members: Vec::new(),
-            });
+            let entry = state
+                .groups
+                .entry(group.to_owned())
+                .or_insert_with(|| Group {
+                    cursors: Vec::new(),
+                    members: Vec::new(),
+                });
             entry.cursors = cursors;
         }
         if let Some(g) = state.groups.get_mut(group) {
@@ -273,10 +294,23 @@ impl Topic {
     }
 
     /// Settles a message handed to `member`: `None` acks, `Some(delay)` nacks.
-    pub(crate) fn settle(&self, group: &str, partition: usize, offset: usize, member: u64, nack: Option<std::time::Duration>) -> Result<()> {
+    pub(crate) fn settle(
+        &self,
+        group: &str,
+        partition: usize,
+        offset: usize,
+        member: u64,
+        nack: Option<std::time::Duration>,
+    ) -> Result<()> {
         let mut state = lock(&self.state);
-        let g = state.groups.get_mut(group).ok_or_else(|| stale(group, partition, offset))?;
-        let cursor = g.cursors.get_mut(partition).ok_or_else(|| stale(group, partition, offset))?;
+        let g = state
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| stale(group, partition, offset))?;
+        let cursor = g
+            .cursors
+            .get_mut(partition)
+            .ok_or_else(|| stale(group, partition, offset))?;
         if cursor.in_flight != Some(member) || cursor.next != offset {
             return Err(stale(group, partition, offset));
         }

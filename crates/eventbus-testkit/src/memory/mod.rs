@@ -18,8 +18,8 @@ use eventbus_core::registry::BackendConfig;
 use eventbus_core::serializer::SerializerKind;
 use eventbus_core::transport::closed_error;
 use eventbus_core::{
-    BackendFactory, DeliveryStream, Error, ErrorKind, Guarantees, Message, Position, Publisher, Result,
-    Subscriber, Subscription, Transport,
+    BackendFactory, DeliveryStream, Error, ErrorKind, Guarantees, Message, Position, Publisher,
+    Result, Subscriber, Subscription, Transport,
 };
 
 pub use broker::MemoryBroker;
@@ -62,22 +62,38 @@ pub fn connect(config: &BackendConfig) -> Result<Transport> {
 
 fn parse_url(url: &str) -> Result<(String, usize)> {
     let bad = |why: &str| {
-        Error::new(ErrorKind::Config, format!("bad memory URL: {why}; expected memory://[name][?partitions=N]"))
-            .with("url", url)
+        Error::new(
+            ErrorKind::Config,
+            format!("bad memory URL: {why}; expected memory://[name][?partitions=N]"),
+        )
+        .with("url", url)
     };
-    let rest = url.strip_prefix("memory://").ok_or_else(|| bad("the scheme must be memory"))?;
+    let rest = url
+        .strip_prefix("memory://")
+        .ok_or_else(|| bad("the scheme must be memory"))?;
     let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
     let name = name.trim_end_matches('/');
     let mut partitions = 8;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("partitions", n)) => {
-                partitions = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("partitions must be a positive number"))?;
+                partitions = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("partitions must be a positive number"))?;
             }
             _ => return Err(bad(&format!("unknown parameter `{pair}`"))),
         }
     }
-    Ok((if name.is_empty() { "default".to_owned() } else { name.to_owned() }, partitions))
+    Ok((
+        if name.is_empty() {
+            "default".to_owned()
+        } else {
+            name.to_owned()
+        },
+        partitions,
+    ))
 }
 
 fn brokers() -> &'static Mutex<HashMap<String, MemoryBroker>> {
@@ -88,7 +104,9 @@ fn brokers() -> &'static Mutex<HashMap<String, MemoryBroker>> {
 impl MemoryBroker {
     /// The process-wide broker called `name`, created with `partitions` on first use.
     pub fn named(name: &str, partitions: usize) -> MemoryBroker {
-        let mut all = brokers().lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut all = brokers()
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         all.entry(name.to_owned())
             .or_insert_with(|| MemoryBroker::new(partitions))
             .clone()
@@ -132,7 +150,8 @@ impl Publisher for MemoryPublisher {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }
@@ -165,7 +184,10 @@ mod tests {
     #[test]
     fn url_names_broker_and_partitions() {
         assert_eq!(parse_url("memory://").unwrap(), ("default".into(), 8));
-        assert_eq!(parse_url("memory://orders?partitions=2").unwrap(), ("orders".into(), 2));
+        assert_eq!(
+            parse_url("memory://orders?partitions=2").unwrap(),
+            ("orders".into(), 2)
+        );
         let err = parse_url("memory://x?partitions=0").unwrap_err();
         assert!(err.to_string().contains("partitions"), "{err}");
         assert!(parse_url("memory://x?color=red").is_err());

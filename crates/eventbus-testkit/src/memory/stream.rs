@@ -45,7 +45,11 @@ impl Drop for Membership {
     }
 }
 
-pub(crate) fn open(broker: &MemoryBroker, subscription: Subscription, closed: CloseSignal) -> Result<DeliveryStream> {
+pub(crate) fn open(
+    broker: &MemoryBroker,
+    subscription: Subscription,
+    closed: CloseSignal,
+) -> Result<DeliveryStream> {
     let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
     let wake = Arc::new(Notify::new());
     let mut membership = Membership {
@@ -58,14 +62,22 @@ pub(crate) fn open(broker: &MemoryBroker, subscription: Subscription, closed: Cl
     };
     for name in &subscription.topics {
         let topic = broker.topic(name);
-        topic.join(&subscription.group, member, Arc::clone(&wake), subscription.start.as_ref())?;
+        topic.join(
+            &subscription.group,
+            member,
+            Arc::clone(&wake),
+            subscription.start.as_ref(),
+        )?;
         membership.topics.push((name.clone(), topic));
     }
     let membership = Arc::new(membership);
-    Ok(Box::pin(futures::stream::unfold(membership, |m| async move {
-        let delivery = next(&m).await?;
-        Some((Ok(delivery), m))
-    })))
+    Ok(Box::pin(futures::stream::unfold(
+        membership,
+        |m| async move {
+            let delivery = next(&m).await?;
+            Some((Ok(delivery), m))
+        },
+    )))
 }
 
 async fn next(m: &Arc<Membership>) -> Option<Delivery> {
@@ -97,10 +109,19 @@ async fn next(m: &Arc<Membership>) -> Option<Delivery> {
                         offset: h.offset as i64,
                     };
                     return Some(
-                        Delivery::new(name.clone(), h.message, position, h.attempt, Box::new(acker)).published_at(h.time),
+                        Delivery::new(
+                            name.clone(),
+                            h.message,
+                            position,
+                            h.attempt,
+                            Box::new(acker),
+                        )
+                        .published_at(h.time),
                     );
                 }
-                Poll::Wait(Some(at)) => wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at))),
+                Poll::Wait(Some(at)) => {
+                    wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)))
+                }
                 Poll::Wait(None) => {}
             }
         }
@@ -137,7 +158,8 @@ impl std::fmt::Debug for Topic {
 impl MemoryAck {
     fn settle(&mut self, nack: Option<Duration>) -> Result<()> {
         self.settled = true;
-        self.topic.settle(&self.group, self.partition, self.offset, self.member, nack)
+        self.topic
+            .settle(&self.group, self.partition, self.offset, self.member, nack)
     }
 }
 
