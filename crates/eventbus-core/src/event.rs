@@ -55,6 +55,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 pub struct EventSchema {
     json: String,
     avro: apache_avro::Schema,
+    has_refs: bool,
 }
 
 impl EventSchema {
@@ -70,8 +71,15 @@ impl EventSchema {
         })?;
         Ok(Self {
             json: json.to_owned(),
+            has_refs: has_refs(&avro),
             avro,
         })
+    }
+
+    /// Whether a named type is used again by name; such schemas need the slower encoding path
+    /// that resolves names.
+    pub(crate) fn has_refs(&self) -> bool {
+        self.has_refs
     }
 
     /// Builds and caches the schema of a derived event. Used by the derive macro.
@@ -93,6 +101,18 @@ impl EventSchema {
     /// The parsed Avro schema.
     pub fn avro(&self) -> &apache_avro::Schema {
         &self.avro
+    }
+}
+
+fn has_refs(schema: &apache_avro::Schema) -> bool {
+    use apache_avro::Schema;
+    match schema {
+        Schema::Ref { .. } => true,
+        Schema::Record(r) => r.fields.iter().any(|f| has_refs(&f.schema)),
+        Schema::Array(a) => has_refs(&a.items),
+        Schema::Map(m) => has_refs(&m.types),
+        Schema::Union(u) => u.variants().iter().any(has_refs),
+        _ => false,
     }
 }
 

@@ -199,16 +199,25 @@ fn encode_datum(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     avro_text_types();
-    apache_avro::write_avro_datum_ref(ctx.schema.avro(), &event, out)
-        .map(drop)
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Serialize,
-                "the event does not fit its Avro schema; check the field types against the mapping",
-            )
-            .with("event_type", ctx.event_type)
-            .with_source(e)
-        })
+    let schema = ctx.schema.avro();
+    let written = if ctx.schema.has_refs() {
+        // The direct serde path cannot follow references to named types; go through a Value,
+        // which `resolve` fits to the schema (ints to longs, options to unions).
+        apache_avro::to_value(event)
+            .and_then(|v| v.resolve(schema))
+            .and_then(|v| apache_avro::to_avro_datum(schema, v))
+            .map(|bytes| out.extend_from_slice(&bytes))
+    } else {
+        apache_avro::write_avro_datum_ref(schema, &event, out).map(drop)
+    };
+    written.map_err(|e| {
+        Error::new(
+            ErrorKind::Serialize,
+            "the event does not fit its Avro schema; check the field types against the mapping",
+        )
+        .with("event_type", ctx.event_type)
+        .with_source(e)
+    })
 }
 
 fn decode_datum(

@@ -5,4 +5,5 @@
 
 pub mod capture;
 pub mod conformance;
+pub mod fixture;
 pub mod memory;
