@@ -1,0 +1,127 @@
+//! In-memory throughput: the transport alone (publish, deliver, ack) and end to end through
+//! producer, Avro, consumer runner and a no-op receiver. Run with
+//! `cargo bench -p eventbus-testkit --bench memory`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use eventbus_core::{Bus, BusConfig, Envelope, Event, Message, SerializerKind, Subscription};
+use eventbus_testkit::memory::MemoryBroker;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+const EVENTS: usize = 20_000;
+const BATCH: usize = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(type = "org.example.bench.tick.v1", key = "source")]
+struct Tick {
+    source: String,
+    seq: i64,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn transport_once() -> Duration {
+    let transport = MemoryBroker::new(8).transport();
+    let batches: Vec<Vec<Message>> = (0..EVENTS / BATCH)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| Message {
+                    key: Some(format!("k{}", (b * BATCH + i) % 64)),
+                    payload: vec![0u8; 64].into(),
+                    headers: Default::default(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut stream = transport
+        .subscriber
+        .subscribe(Subscription::new("ticks", "bench", "c1"))
+        .await
+        .expect("subscribes");
+    let started = Instant::now();
+    let publisher = Arc::clone(&transport.publisher);
+    let producing = tokio::spawn(async move {
+        for batch in batches {
+            publisher.publish("ticks", batch).await.expect("publishes");
+        }
+    });
+    for _ in 0..EVENTS {
+        let delivery = stream.next().await.expect("open").expect("delivery");
+        delivery.ack().await.expect("acks");
+    }
+    let elapsed = started.elapsed();
+    producing.await.expect("producer task");
+    elapsed
+}
+
+async fn end_to_end_once() -> Duration {
+    let bus = Bus::with_transport(MemoryBroker::new(8).transport(), SerializerKind::Avro, BusConfig::new());
+    let done = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&done);
+    let consumer = bus
+        .consumer("ticks", "bench")
+        .configure(|s| s.concurrency = 8)
+        .handle(move |_: Envelope<Tick>| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, std::convert::Infallible>(()) }
+        })
+        .start()
+        .await
+        .expect("starts");
+    let events: Vec<Vec<Tick>> = (0..EVENTS / BATCH)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| Tick { source: format!("s{}", i % 64), seq: (b * BATCH + i) as i64 })
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in &events {
+        bus.producer().send_batch("ticks", batch).await.expect("publishes");
+    }
+    while done.load(Ordering::Relaxed) < EVENTS {
+        tokio::task::yield_now().await;
+    }
+    let elapsed = started.elapsed();
+    consumer.shutdown().await.expect("shuts down");
+    elapsed
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(10);
+    group.bench_function("transport_publish_deliver_ack", |b| {
+        b.iter_custom(|iters| rt.block_on(async {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += transport_once().await;
+            }
+            total
+        }))
+    });
+    group.bench_function("end_to_end_avro_noop_receiver", |b| {
+        b.iter_custom(|iters| rt.block_on(async {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                total += end_to_end_once().await;
+            }
+            total
+        }))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);

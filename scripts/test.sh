@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or this one: installs what is missing (idempotent),
+# then runs format and lint checks, every test and doc test, and the examples. Brokers the tests
+# need are started by the testkit fixtures on free loopback ports and stopped when tests end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=""
+apt_install() {
+    if ! have apt-get; then
+        echo "error: '$1' is missing and there is no apt-get here; install it and rerun" >&2
+        exit 1
+    fi
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! have cargo; then
+    echo "error: cargo is missing; install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+if have rustup; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+# redis-server: the broker fixture's tests and the Redis backend run against a real one.
+have redis-server || apt_install redis-server
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (unit, integration, conformance, doc tests)"
+cargo test --workspace --locked
+echo "== examples"
+for example in quickstart retries_and_dead_letters alert_service; do
+    cargo run --quiet --locked --example "$example" >/dev/null
+    echo "example $example: ok"
+done
