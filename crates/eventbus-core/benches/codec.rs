@@ -1,5 +1,7 @@
 //! Encode and decode of a typical event (ten fields, one nested record, one list) in schemaless
 //! Avro and JSON. Run with `cargo bench -p eventbus-core --bench codec`.
+// criterion's macros generate undocumented functions.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -70,7 +72,11 @@ fn bench(c: &mut Criterion, name: &str, serializer: &dyn Serializer) {
 }
 
 fn codecs(c: &mut Criterion) {
-    bench(c, "avro", &AvroSerializer::new(Arc::new(SchemaStore::new())));
+    bench(
+        c,
+        "avro",
+        &AvroSerializer::new(Arc::new(SchemaStore::new())),
+    );
     bench(c, "json", &JsonSerializer);
 }
 

@@ -1,6 +1,8 @@
 //! In-memory throughput: the transport alone (publish, deliver, ack) and end to end through
 //! producer, Avro, consumer runner and a no-op receiver. Run with
 //! `cargo bench -p eventbus-testkit --bench memory`.
+// criterion's macros generate undocumented functions.
+#![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,7 +67,11 @@ async fn transport_once() -> Duration {
 }
 
 async fn end_to_end_once() -> Duration {
-    let bus = Bus::with_transport(MemoryBroker::new(8).transport(), SerializerKind::Avro, BusConfig::new());
+    let bus = Bus::with_transport(
+        MemoryBroker::new(8).transport(),
+        SerializerKind::Avro,
+        BusConfig::new(),
+    );
     let done = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&done);
     let consumer = bus
@@ -81,13 +87,19 @@ async fn end_to_end_once() -> Duration {
     let events: Vec<Vec<Tick>> = (0..EVENTS / BATCH)
         .map(|b| {
             (0..BATCH)
-                .map(|i| Tick { source: format!("s{}", i % 64), seq: (b * BATCH + i) as i64 })
+                .map(|i| Tick {
+                    source: format!("s{}", i % 64),
+                    seq: (b * BATCH + i) as i64,
+                })
                 .collect()
         })
         .collect();
     let started = Instant::now();
     for batch in &events {
-        bus.producer().send_batch("ticks", batch).await.expect("publishes");
+        bus.producer()
+            .send_batch("ticks", batch)
+            .await
+            .expect("publishes");
     }
     while done.load(Ordering::Relaxed) < EVENTS {
         tokio::task::yield_now().await;
@@ -103,22 +115,26 @@ fn throughput(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(10);
     group.bench_function("transport_publish_deliver_ack", |b| {
-        b.iter_custom(|iters| rt.block_on(async {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += transport_once().await;
-            }
-            total
-        }))
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += transport_once().await;
+                }
+                total
+            })
+        })
     });
     group.bench_function("end_to_end_avro_noop_receiver", |b| {
-        b.iter_custom(|iters| rt.block_on(async {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                total += end_to_end_once().await;
-            }
-            total
-        }))
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += end_to_end_once().await;
+                }
+                total
+            })
+        })
     });
     group.finish();
 }
