@@ -21,6 +21,8 @@ use apache_avro::types::Value;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventSchema};
 
+mod avro_decode;
+
 /// What a serializer needs to know about the event it handles.
 #[derive(Debug, Clone, Copy)]
 pub struct SchemaContext<'a> {
@@ -42,6 +44,8 @@ pub struct SchemaContext<'a> {
 pub enum Decoded<'a> {
     /// An Avro value already resolved to the reader's schema.
     Avro(Value),
+    /// An Avro datum written with the reader's own schema, read straight into the event.
+    AvroDatum(&'a [u8], &'a EventSchema),
     /// JSON text.
     Json(&'a [u8]),
 }
@@ -58,6 +62,9 @@ impl Decoded<'_> {
         };
         match self {
             Decoded::Avro(value) => apache_avro::from_value::<E>(&value).map_err(|e| mismatch(&e)),
+            Decoded::AvroDatum(datum, schema) => {
+                avro_decode::from_datum(schema.avro(), datum).map_err(|e| mismatch(&e))
+            }
             Decoded::Json(bytes) => serde_json::from_slice(bytes).map_err(|e| mismatch(&e)),
         }
     }
@@ -76,7 +83,7 @@ pub trait Serializer: Send + Sync + fmt::Debug {
         ctx: &SchemaContext<'_>,
     ) -> Result<Vec<u8>>;
     /// Decodes one payload.
-    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>>;
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>>;
 }
 
 /// The built-in serializers.
@@ -220,24 +227,30 @@ fn encode_datum(
     })
 }
 
-fn decode_datum(
-    mut payload: &[u8],
+fn decode_datum<'a>(
+    payload: &'a [u8],
     writer: &EventSchema,
-    ctx: &SchemaContext<'_>,
-) -> Result<Value> {
+    ctx: &SchemaContext<'a>,
+) -> Result<Decoded<'a>> {
     avro_text_types();
     let reader = ctx.schema;
-    // Resolution costs time; skip it when writer and reader are the same schema.
-    let resolve =
-        (!std::ptr::eq(writer, reader) && writer.json() != reader.json()).then(|| reader.avro());
-    apache_avro::from_avro_datum(writer.avro(), &mut payload, resolve).map_err(|e| {
-        Error::new(
-            ErrorKind::Deserialize,
-            "the payload is not valid Avro for this event type",
-        )
-        .with("event_type", ctx.event_type)
-        .with_source(e)
-    })
+    let same = std::ptr::eq(writer, reader) || writer.json() == reader.json();
+    if same && !reader.has_refs() {
+        // The common case: read the datum straight into the event, no Value tree.
+        return Ok(Decoded::AvroDatum(payload, reader));
+    }
+    let mut input = payload;
+    let resolve = (!same).then(|| reader.avro());
+    apache_avro::from_avro_datum(writer.avro(), &mut input, resolve)
+        .map(Decoded::Avro)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Deserialize,
+                "the payload is not valid Avro for this event type",
+            )
+            .with("event_type", ctx.event_type)
+            .with_source(e)
+        })
 }
 
 /// Schemaless Avro binary.
@@ -272,7 +285,7 @@ impl Serializer for AvroSerializer {
         Ok(out)
     }
 
-    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>> {
         let other = ctx
             .message_minor_version
             .filter(|m| *m != ctx.minor_version)
@@ -280,7 +293,7 @@ impl Serializer for AvroSerializer {
         // Without the writer's schema, read with our own: minor versions only append optional
         // fields, so a newer writer's extra trailing fields are simply left unread.
         let writer = other.as_deref().unwrap_or(ctx.schema);
-        decode_datum(payload, writer, ctx).map(Decoded::Avro).map_err(|e| match ctx.message_minor_version {
+        decode_datum(payload, writer, ctx).map_err(|e| match ctx.message_minor_version {
             Some(m) if m != ctx.minor_version && other.is_none() => e.with(
                 "hint",
                 format!("the message was written with minor version {m}; register that writer schema with SchemaStore::add_writer_schema"),
@@ -363,7 +376,7 @@ impl Serializer for ConfluentAvroSerializer {
         Ok(out)
     }
 
-    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+    fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>> {
         let (id, datum) = confluent_unframe(payload)?;
         let writer = self.store.schema_by_id(id).ok_or_else(|| {
             Error::new(
@@ -373,7 +386,7 @@ impl Serializer for ConfluentAvroSerializer {
             .with("schema_id", id)
             .temporary()
         })?;
-        decode_datum(datum, &writer, ctx).map(Decoded::Avro)
+        decode_datum(datum, &writer, ctx)
     }
 }
 
@@ -403,7 +416,7 @@ impl Serializer for JsonSerializer {
         })
     }
 
-    fn decode<'a>(&self, payload: &'a [u8], _ctx: &SchemaContext<'_>) -> Result<Decoded<'a>> {
+    fn decode<'a>(&self, payload: &'a [u8], _ctx: &SchemaContext<'a>) -> Result<Decoded<'a>> {
         Ok(Decoded::Json(payload))
     }
 }

@@ -203,6 +203,22 @@ fn uuids_and_times_travel_as_strings() {
     );
     let back: TypedValues = decode_event(&serializer, "t", &bytes, None).unwrap();
     assert_eq!(back, event);
+
+    // The direct decoder (no named references here) also reads present options and big maps.
+    let fuller = TypedValues {
+        note: Some("n".repeat(300)),
+        counts: (0..100).map(|i| (format!("k{i}"), -i)).collect(),
+        ..event
+    };
+    let bytes = encode_event(&serializer, "t", &fuller).unwrap();
+    assert_eq!(
+        decode_event::<TypedValues>(&serializer, "t", &bytes, None).unwrap(),
+        fuller
+    );
+    for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+        let err = decode_event::<TypedValues>(&serializer, "t", &bytes[..cut], None).unwrap_err();
+        assert_eq!(err.kind(), eventbus_core::ErrorKind::Deserialize, "{err}");
+    }
 }
 
 mod v0 {
