@@ -145,13 +145,14 @@ pub(crate) fn installed() -> Option<Arc<Outbox>> {
 
 /// Metadata for a signal sent with no bus installed.
 pub(crate) fn default_metadata<E: Event>() -> EventMetadata {
-    let service = std::env::var("EVENTS_SERVICE_NAME").unwrap_or_else(|_| "eventbus".to_owned());
-    EventMetadata::new(
-        E::EVENT_TYPE,
-        E::MINOR_VERSION,
-        &source_for_service(&service),
-        &host_name(),
-    )
+    // Read once: the host name comes from a file, and signals may be sent in a hot loop.
+    static SOURCE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    let (source, host) = SOURCE.get_or_init(|| {
+        let service =
+            std::env::var("EVENTS_SERVICE_NAME").unwrap_or_else(|_| "eventbus".to_owned());
+        (source_for_service(&service), host_name())
+    });
+    EventMetadata::new(E::EVENT_TYPE, E::MINOR_VERSION, source, host)
 }
 
 impl Outbox {

@@ -124,14 +124,12 @@ impl<'de> de::Deserializer<'de> for Datum<'_, 'de> {
             Schema::Array(array) => visitor.visit_seq(Items {
                 input: self.input,
                 schema: &array.items,
-                left: 0,
-                done: false,
+                blocks: Blocks::default(),
             }),
             Schema::Map(map) => visitor.visit_map(Entries {
                 input: self.input,
                 schema: &map.types,
-                left: 0,
-                done: false,
+                blocks: Blocks::default(),
             }),
             Schema::Union(union) => {
                 let index = length(self.input)?;
@@ -214,31 +212,41 @@ impl<'de, I: Iterator<Item = &'de apache_avro::schema::RecordField>> MapAccess<'
     }
 }
 
-struct Items<'a, 'de> {
-    input: &'a mut &'de [u8],
-    schema: &'de Schema,
+/// Where a reader stands in the blocks of an array or map.
+#[derive(Default)]
+struct Blocks {
     left: usize,
     done: bool,
 }
 
-impl Items<'_, '_> {
-    fn more(&mut self) -> Result<bool> {
+impl Blocks {
+    /// Whether another item follows; reads the next block header when one is due.
+    fn next_item(&mut self, input: &mut &[u8]) -> Result<bool> {
         if self.left == 0 && !self.done {
-            self.left = block_count(self.input)?;
+            self.left = block_count(input)?;
             self.done = self.left == 0;
         }
-        Ok(!self.done)
+        if self.done {
+            return Ok(false);
+        }
+        self.left -= 1;
+        Ok(true)
     }
+}
+
+struct Items<'a, 'de> {
+    input: &'a mut &'de [u8],
+    schema: &'de Schema,
+    blocks: Blocks,
 }
 
 impl<'de> SeqAccess<'de> for Items<'_, 'de> {
     type Error = DecodeError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
-        if !self.more()? {
+        if !self.blocks.next_item(self.input)? {
             return Ok(None);
         }
-        self.left -= 1;
         seed.deserialize(Datum {
             input: self.input,
             schema: self.schema,
@@ -250,22 +258,16 @@ impl<'de> SeqAccess<'de> for Items<'_, 'de> {
 struct Entries<'a, 'de> {
     input: &'a mut &'de [u8],
     schema: &'de Schema,
-    left: usize,
-    done: bool,
+    blocks: Blocks,
 }
 
 impl<'de> MapAccess<'de> for Entries<'_, 'de> {
     type Error = DecodeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
-        if self.left == 0 && !self.done {
-            self.left = block_count(self.input)?;
-            self.done = self.left == 0;
-        }
-        if self.done {
+        if !self.blocks.next_item(self.input)? {
             return Ok(None);
         }
-        self.left -= 1;
         seed.deserialize(Datum {
             input: self.input,
             schema: &Schema::String,

@@ -32,6 +32,12 @@ pub(crate) struct Topic {
     state: Mutex<TopicState>,
 }
 
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Topic")
+    }
+}
+
 struct TopicState {
     log: Vec<Vec<Stored>>,
     groups: HashMap<String, Group>,

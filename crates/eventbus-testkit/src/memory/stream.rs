@@ -149,12 +149,6 @@ struct MemoryAck {
     settled: bool,
 }
 
-impl std::fmt::Debug for Topic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Topic")
-    }
-}
-
 impl MemoryAck {
     fn settle(&mut self, nack: Option<Duration>) -> Result<()> {
         self.settled = true;
