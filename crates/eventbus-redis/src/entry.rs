@@ -1,0 +1,240 @@
+//! How a message is laid out as a stream entry, field by field, as Open edX's
+//! `edx-event-bus-redis` writes it.
+//!
+//! | entry field | message part |
+//! |---|---|
+//! | `type`, `id`, `source`, `time`, `minorversion` | headers `ce_type`, `ce_id`, `ce_source`, `ce_time`, `ce_minorversion` |
+//! | `sourcehost`, `sourcelib` | headers of the same names |
+//! | `event_data` | the payload (schemaless Avro for events) |
+//! | `key` | the message key, only when there is one (Open edX's consumer ignores it) |
+//! | any other name | a header of that name, only when the message has it |
+//!
+//! Open edX's entries carry no spec version and no content type: the format fixes them at
+//! CloudEvents `1.0` and Avro. Headers with exactly those values are therefore left out, and put
+//! back when an entry with a `type` is read, so an event published here and read here has the
+//! same headers while the entry has exactly Open edX's fields.
+
+use std::collections::HashMap;
+
+use eventbus_core::metadata::header;
+use eventbus_core::{Error, ErrorKind, Headers, Message, Result};
+use redis::Value;
+
+/// Entry field ↔ header, for the attributes Open edX stores under their own names.
+const RENAMED: &[(&str, &str)] = &[
+    ("type", header::TYPE),
+    ("id", header::ID),
+    ("source", header::SOURCE),
+    ("time", header::TIME),
+    ("minorversion", header::MINOR_VERSION),
+];
+/// The payload's field.
+pub(crate) const EVENT_DATA: &str = "event_data";
+/// The key's field.
+const KEY: &str = "key";
+/// Headers the Redis format implies, with the values it implies.
+const IMPLIED: &[(&str, &str)] = &[
+    (header::SPEC_VERSION, "1.0"),
+    (header::CONTENT_TYPE, "application/avro"),
+    (header::DATA_CONTENT_TYPE, "application/avro"),
+];
+
+fn field_for(header_name: &str) -> &str {
+    RENAMED
+        .iter()
+        .find(|(_, h)| *h == header_name)
+        .map_or(header_name, |(f, _)| f)
+}
+
+fn header_for(field: &str) -> &str {
+    RENAMED
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(field, |(_, h)| h)
+}
+
+/// The entry's fields, in Open edX's order, then the key and any other headers.
+pub(crate) fn to_fields(message: &Message) -> Result<Vec<(&str, &[u8])>> {
+    let mut fields: Vec<(&str, &[u8])> = Vec::with_capacity(message.headers.len() + 2);
+    for (name, value) in message.headers.iter() {
+        if IMPLIED.contains(&(name, value)) {
+            continue;
+        }
+        let field = field_for(name);
+        // A header called `type` would land in the field that carries `ce_type`, and one called
+        // `event_data` would overwrite the payload: refuse rather than write a lie.
+        let reserved = field == EVENT_DATA
+            || field == KEY
+            || (field == name && RENAMED.iter().any(|(f, _)| *f == name));
+        if reserved {
+            return Err(Error::new(
+                ErrorKind::InvalidHeaders,
+                "the header's name is an entry field of the Redis format; rename the header",
+            )
+            .with("header", name));
+        }
+        fields.push((field, value.as_bytes()));
+    }
+    if let Some(key) = &message.key {
+        fields.push((KEY, key.as_bytes()));
+    }
+    fields.push((EVENT_DATA, &message.payload));
+    Ok(fields)
+}
+
+/// The message an entry holds.
+///
+/// Never fails: an entry that cannot be an event (a field that is not UTF-8, say) must still
+/// reach the consumer, whose policy sends it to the dead-letter topic rather than lose it. Text
+/// that is not UTF-8 is read lossily and logged.
+pub(crate) fn from_fields(stream: &str, id: &str, fields: HashMap<String, Value>) -> Message {
+    let mut message = Message::default();
+    let mut headers = Vec::with_capacity(fields.len() + IMPLIED.len());
+    let mut is_event = false;
+    for (field, value) in fields {
+        let bytes = match value {
+            Value::BulkString(bytes) => bytes,
+            Value::SimpleString(s) => s.into_bytes(),
+            other => format!("{other:?}").into_bytes(),
+        };
+        if field == EVENT_DATA {
+            message.payload = bytes.into();
+            continue;
+        }
+        let text = String::from_utf8(bytes).unwrap_or_else(|e| {
+            tracing::warn!(
+                stream,
+                id,
+                field,
+                "stream entry field is not UTF-8; read lossily"
+            );
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        });
+        if field == KEY {
+            message.key = Some(text);
+        } else {
+            is_event |= field == "type";
+            headers.push((header_for(&field).to_owned(), text));
+        }
+    }
+    // Stream fields come back as a map; sorting keeps header order stable between reads.
+    headers.sort();
+    message.headers = headers.into_iter().collect::<Headers>();
+    if is_event {
+        for (name, value) in IMPLIED {
+            if message.headers.get(name).is_none() {
+                message.headers.insert(*name, *value);
+            }
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_message() -> Message {
+        let mut headers = Headers::new();
+        for (name, value) in [
+            (header::ID, "4a2f8b2e-7d0c-4f55-9c3e-6d1f0c1e2a3b"),
+            (
+                header::TYPE,
+                "org.openedx.learning.auth.session.login.completed.v1",
+            ),
+            (header::SOURCE, "openedx/lms/web"),
+            (header::SPEC_VERSION, "1.0"),
+            (header::TIME, "2026-11-22T05:20:27.505586+00:00"),
+            (header::MINOR_VERSION, "0"),
+            (header::SOURCE_HOST, "web-1"),
+            (header::SOURCE_LIB, "10.5.0"),
+            (header::CONTENT_TYPE, "application/avro"),
+            (header::DATA_CONTENT_TYPE, "application/avro"),
+        ] {
+            headers.insert(name, value);
+        }
+        Message {
+            key: None,
+            payload: vec![2, 0, 255].into(),
+            headers,
+        }
+    }
+
+    fn as_map(fields: &[(&str, &[u8])]) -> HashMap<String, Value> {
+        fields
+            .iter()
+            .map(|(f, v)| ((*f).to_owned(), Value::BulkString(v.to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn an_event_has_exactly_open_edx_fields_and_reads_back_the_same() {
+        let message = event_message();
+        let fields = to_fields(&message).unwrap();
+        let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "type",
+                "source",
+                "time",
+                "minorversion",
+                "sourcehost",
+                "sourcelib",
+                "event_data"
+            ]
+        );
+        let back = from_fields("s", "1-0", as_map(&fields));
+        assert_eq!(back.payload, message.payload);
+        assert_eq!(back.key, None);
+        let mut want: Vec<_> = message.headers.iter().collect();
+        let mut got: Vec<_> = back.headers.iter().collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn keys_and_other_headers_travel_in_fields_of_their_own() {
+        let mut message = Message {
+            key: Some("user-7".into()),
+            payload: b"raw".to_vec().into(),
+            headers: Headers::new(),
+        };
+        message.headers.insert("dlq_reason", "poison");
+        message
+            .headers
+            .insert(header::CONTENT_TYPE, "application/json");
+        let back = from_fields("s", "1-0", as_map(&to_fields(&message).unwrap()));
+        assert_eq!(back.key.as_deref(), Some("user-7"));
+        assert_eq!(back.headers.get("dlq_reason"), Some("poison"));
+        assert_eq!(
+            back.headers.get(header::CONTENT_TYPE),
+            Some("application/json")
+        );
+        // Not an event (no `type`): nothing implied is added.
+        assert_eq!(back.headers.get(header::SPEC_VERSION), None);
+    }
+
+    #[test]
+    fn headers_named_like_entry_fields_are_refused() {
+        for name in ["type", "event_data", "key", "minorversion"] {
+            let mut message = Message::default();
+            message.headers.insert(name, "x");
+            let err = to_fields(&message).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidHeaders, "{name}");
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn non_text_fields_are_read_lossily_not_dropped() {
+        let mut fields = HashMap::new();
+        fields.insert("type".to_owned(), Value::BulkString(vec![b'a', 0xff]));
+        fields.insert(EVENT_DATA.to_owned(), Value::BulkString(vec![0xff]));
+        let message = from_fields("s", "1-0", fields);
+        assert_eq!(message.headers.get(header::TYPE), Some("a\u{fffd}"));
+        assert_eq!(&message.payload[..], &[0xff]);
+    }
+}

@@ -1,0 +1,479 @@
+//! One subscription's reader: a task that turns a consumer group's entries into deliveries.
+//!
+//! On start it takes back the entries its own consumer name left pending (a restart with a
+//! stable name). Then it alternates blocking reads of new entries with, every claim interval,
+//! taking over entries other members left unacknowledged for longer than the claim idle time
+//! (members that died). Acknowledging is `XACK`; a nack leaves the entry pending and claims it
+//! back after the delay, which counts one more delivery.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use eventbus_core::{
+    Acknowledge, Delivery, DeliveryStream, ErrorKind, Position, Result, Subscription,
+};
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+};
+use redis::Client;
+use tokio::sync::{mpsc, watch};
+
+use crate::conn::failed;
+use crate::entry;
+use crate::subscriber::ensure_group;
+use crate::RedisSettings;
+
+type Sender = mpsc::Sender<Result<Delivery>>;
+
+/// What the reader task and the acknowledgers of its deliveries share.
+#[derive(Debug)]
+struct Shared {
+    conn: ConnectionManager,
+    group: String,
+    consumer: String,
+    /// Entries delivered and not yet acknowledged, by stream and id: the reader never claims
+    /// these from itself, and a nack's redelivery keeps its entry here.
+    held: Mutex<HashSet<(String, String)>>,
+    /// Weak, so that a delivery kept past the end of its stream does not keep the stream open.
+    deliveries: mpsc::WeakSender<Result<Delivery>>,
+    closed: watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Reader {
+    client: Client,
+    settings: Arc<RedisSettings>,
+    streams: Vec<String>,
+    start: Option<eventbus_core::StartPosition>,
+    shared: Arc<Shared>,
+    /// Where the next `XAUTOCLAIM` of each stream goes on.
+    claim_cursors: HashMap<String, String>,
+}
+
+impl Reader {
+    /// Spawns the reader of `subscription` and returns its deliveries.
+    pub(crate) fn start(
+        client: Client,
+        connection: MultiplexedConnection,
+        conn: ConnectionManager,
+        settings: Arc<RedisSettings>,
+        subscription: Subscription,
+        closed: watch::Receiver<bool>,
+    ) -> DeliveryStream {
+        let (tx, rx) = mpsc::channel(settings.read_count.max(1));
+        let shared = Arc::new(Shared {
+            conn,
+            group: subscription.group,
+            consumer: subscription.consumer,
+            held: Mutex::new(HashSet::new()),
+            deliveries: tx.downgrade(),
+            closed,
+        });
+        let reader = Reader {
+            client,
+            settings,
+            claim_cursors: subscription
+                .topics
+                .iter()
+                .map(|s| (s.clone(), "0-0".to_owned()))
+                .collect(),
+            streams: subscription.topics,
+            start: subscription.start,
+            shared,
+        };
+        tokio::spawn(reader.run(connection, tx));
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
+            .boxed()
+    }
+
+    async fn run(mut self, connection: MultiplexedConnection, tx: Sender) {
+        let mut closed = self.shared.closed.clone();
+        tokio::select! {
+            () = self.serve(connection, &tx) => {}
+            _ = closed.wait_for(|c| *c) => {}
+            () = tx.closed() => {}
+        }
+        tracing::debug!(group = %self.shared.group, consumer = %self.shared.consumer, "Redis reader stopped");
+    }
+
+    async fn serve(&mut self, connection: MultiplexedConnection, tx: &Sender) {
+        let mut connection = Some(connection);
+        let mut backoff = Backoff::default();
+        let mut recovered = false;
+        let mut next_claim = Instant::now();
+        loop {
+            let step = async {
+                let conn = match connection.take() {
+                    Some(c) => c,
+                    None => crate::conn::reader(&self.client, &self.settings).await?,
+                };
+                connection = Some(conn.clone());
+                if !recovered {
+                    self.take_back_own(tx).await?;
+                    recovered = true;
+                }
+                if Instant::now() >= next_claim {
+                    self.claim_abandoned(tx).await?;
+                    next_claim = Instant::now() + self.settings.claim_interval;
+                }
+                self.read_new(conn, tx).await
+            };
+            match step.await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    let wait = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?wait, group = %self.shared.group, "Redis reader failed; retrying");
+                    if e.context("redis_code") == Some("NOGROUP") {
+                        // The stream or group vanished (a server that kept no data): create
+                        // them again where the subscription asked to start.
+                        self.recreate_groups().await;
+                    } else {
+                        connection = None;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn recreate_groups(&self) {
+        let mut conn = self.shared.conn.clone();
+        for stream in &self.streams {
+            if let Err(e) =
+                ensure_group(&mut conn, stream, &self.shared.group, self.start.as_ref()).await
+            {
+                tracing::warn!(error = %e, stream, "cannot recreate the consumer group");
+            }
+        }
+    }
+
+    /// One blocking `XREADGROUP` of entries never delivered to the group.
+    async fn read_new(&self, mut conn: MultiplexedConnection, tx: &Sender) -> Result<()> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.shared.group)
+            .arg(&self.shared.consumer)
+            .arg("COUNT")
+            .arg(self.settings.read_count)
+            .arg("BLOCK")
+            .arg(self.settings.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.streams);
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let reply: Option<StreamReadReply> = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| read_failed("XREADGROUP", e))?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                self.shared.deliver(tx, &key.key, entry, 1).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the entries this consumer name left pending in an earlier life.
+    async fn take_back_own(&self, tx: &Sender) -> Result<()> {
+        let mut conn = self.shared.conn.clone();
+        for stream in &self.streams {
+            let mut from = "-".to_owned();
+            loop {
+                let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(&self.shared.group)
+                    .arg(&from)
+                    .arg("+")
+                    .arg(self.settings.read_count)
+                    .arg(&self.shared.consumer)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| read_failed("XPENDING", e))?;
+                let Some(last) = pending.ids.last() else {
+                    break;
+                };
+                from = format!("({}", last.id);
+                let counts: HashMap<String, usize> = pending
+                    .ids
+                    .iter()
+                    .map(|p| (p.id.clone(), p.times_delivered))
+                    .collect();
+                let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+                    .arg(stream)
+                    .arg(&self.shared.group)
+                    .arg(&self.shared.consumer)
+                    .arg(0)
+                    .arg(counts.keys().collect::<Vec<_>>())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| read_failed("XCLAIM", e))?;
+                for entry in sorted(claimed.ids) {
+                    let attempt = counts.get(&entry.id).map_or(2, |n| n + 1);
+                    self.shared.deliver(tx, stream, entry, attempt).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over entries other members have held unacknowledged for the claim idle time.
+    async fn claim_abandoned(&mut self, tx: &Sender) -> Result<()> {
+        let mut conn = self.shared.conn.clone();
+        let idle = self.settings.claim_idle.as_millis() as u64;
+        for stream in &self.streams {
+            let cursor = self
+                .claim_cursors
+                .get(stream)
+                .cloned()
+                .unwrap_or_else(|| "0-0".into());
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(&self.shared.group)
+                .arg(&self.shared.consumer)
+                .arg(idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.settings.read_count)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| read_failed("XAUTOCLAIM", e))?;
+            self.claim_cursors
+                .insert(stream.clone(), reply.next_stream_id);
+            if !reply.deleted_ids.is_empty() {
+                tracing::warn!(
+                    stream,
+                    group = %self.shared.group,
+                    ids = ?reply.deleted_ids,
+                    "pending entries were trimmed from the stream before anyone acknowledged them; raise EVENT_BUS_REDIS_STREAM_MAX_LEN"
+                );
+            }
+            let claimed: Vec<StreamId> = {
+                let held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+                reply
+                    .claimed
+                    .into_iter()
+                    .filter(|e| !held.contains(&(stream.clone(), e.id.clone())))
+                    .collect()
+            };
+            let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
+                continue;
+            };
+            // XAUTOCLAIM does not say how often an entry was delivered; the retry policy needs it.
+            let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.shared.group)
+                .arg(&first.id)
+                .arg(&last.id)
+                .arg(claimed.len().max(self.settings.read_count) * 2)
+                .arg(&self.shared.consumer)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| read_failed("XPENDING", e))?;
+            let counts: HashMap<&str, usize> = pending
+                .ids
+                .iter()
+                .map(|p| (p.id.as_str(), p.times_delivered))
+                .collect();
+            for entry in claimed {
+                let attempt = counts.get(entry.id.as_str()).copied().unwrap_or(2);
+                tracing::info!(stream, id = %entry.id, attempt, "took over an entry a member left unacknowledged");
+                self.shared.deliver(tx, stream, entry, attempt).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    async fn deliver(self: &Arc<Self>, tx: &Sender, stream: &str, entry: StreamId, attempt: usize) {
+        let published_at = published_at(&entry.id);
+        let message = entry::from_fields(stream, &entry.id, entry.map);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((stream.to_owned(), entry.id.clone()));
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let acker = Box::new(EntryAck {
+            shared: self.clone(),
+            stream: stream.to_owned(),
+            id: entry.id.clone(),
+            attempt,
+        });
+        let mut delivery = Delivery::new(
+            stream,
+            message,
+            Position::StreamId(entry.id),
+            attempt,
+            acker,
+        );
+        if let Some(at) = published_at {
+            delivery = delivery.published_at(at);
+        }
+        // A closed channel means the stream was dropped; the entry stays pending for a claim.
+        let _ = tx.send(Ok(delivery)).await;
+    }
+
+    fn release(&self, stream: &str, id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(stream.to_owned(), id.to_owned()));
+    }
+
+    /// Claims a nacked entry back after its delay and delivers it again.
+    async fn redeliver(self: Arc<Self>, stream: String, id: String, attempt: u32) {
+        if *self.closed.borrow() {
+            return;
+        }
+        let Some(tx) = self.deliveries.upgrade() else {
+            return;
+        };
+        let claimed: redis::RedisResult<StreamClaimReply> = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut self.conn.clone())
+            .await;
+        match claimed.map(|r| r.ids.into_iter().next()) {
+            Ok(Some(entry)) => {
+                let attempt = attempt as usize + 1;
+                self.deliver(&tx, &stream, entry, attempt).await;
+            }
+            Ok(None) => {
+                tracing::warn!(%stream, %id, "a nacked entry left the stream before its redelivery (trimmed or deleted)");
+                self.release(&stream, &id);
+            }
+            Err(e) => {
+                // Released, so that a claim round takes it over once it has been idle long enough.
+                tracing::warn!(error = %e, %stream, %id, "cannot claim a nacked entry back; a later claim will");
+                self.release(&stream, &id);
+            }
+        }
+    }
+}
+
+/// Acknowledges one entry.
+#[derive(Debug)]
+struct EntryAck {
+    shared: Arc<Shared>,
+    stream: String,
+    id: String,
+    attempt: u32,
+}
+
+#[async_trait]
+impl Acknowledge for EntryAck {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        let acked: redis::RedisResult<i64> = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.shared.group)
+            .arg(&self.id)
+            .query_async(&mut self.shared.conn.clone())
+            .await;
+        acked.map_err(|e| {
+            failed(ErrorKind::Receiver, "XACK", e)
+                .with("stream", &self.stream)
+                .with("id", &self.id)
+        })?;
+        self.shared.release(&self.stream, &self.id);
+        Ok(())
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
+        let EntryAck {
+            shared,
+            stream,
+            id,
+            attempt,
+        } = *self;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            shared.redeliver(stream, id, attempt).await;
+        });
+        Ok(())
+    }
+}
+
+/// Entries by id, oldest first (XCLAIM answers in the order of the ids it was given).
+fn sorted(mut entries: Vec<StreamId>) -> Vec<StreamId> {
+    entries.sort_by_key(|e| split_id(&e.id));
+    entries
+}
+
+fn split_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// A stream id starts with the server's clock in milliseconds when the entry was added.
+fn published_at(id: &str) -> Option<DateTime<Utc>> {
+    let (ms, _) = split_id(id);
+    DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
+}
+
+fn read_failed(what: &'static str, e: redis::RedisError) -> eventbus_core::Error {
+    let code = e.code().map(str::to_owned);
+    let error = failed(ErrorKind::Subscribe, what, e);
+    match code {
+        Some(code) => error.with("redis_code", code),
+        None => error,
+    }
+}
+
+/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ms = 100u64.saturating_mul(1 << self.failures.min(7).saturating_sub(1));
+        Duration::from_millis(ms.min(5_000))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_give_order_and_publication_time() {
+        let ids = ["10-2", "9-5", "10-10"];
+        let entries = ids
+            .iter()
+            .map(|id| StreamId {
+                id: (*id).into(),
+                ..Default::default()
+            })
+            .collect();
+        let order: Vec<String> = sorted(entries).into_iter().map(|e| e.id).collect();
+        assert_eq!(order, ["9-5", "10-2", "10-10"]);
+        assert_eq!(
+            published_at("1700000000123-0").unwrap().timestamp_millis(),
+            1_700_000_000_123
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,162 @@
+//! Subscribing: consumer groups and where they start.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use eventbus_core::transport::closed_error;
+use eventbus_core::{
+    DeliveryStream, Error, ErrorKind, Result, StartPosition, Subscriber, Subscription,
+};
+use redis::aio::ConnectionManager;
+use redis::Client;
+use tokio::sync::watch;
+
+use crate::conn::failed;
+use crate::reader::Reader;
+use crate::RedisSettings;
+
+/// Opens one reader per subscription.
+#[derive(Debug)]
+pub(crate) struct RedisSubscriber {
+    client: Client,
+    conn: ConnectionManager,
+    settings: Arc<RedisSettings>,
+    closed: watch::Sender<bool>,
+}
+
+impl RedisSubscriber {
+    pub(crate) fn new(
+        client: Client,
+        conn: ConnectionManager,
+        settings: Arc<RedisSettings>,
+    ) -> Self {
+        Self {
+            client,
+            conn,
+            settings,
+            closed: watch::Sender::new(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for RedisSubscriber {
+    async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        if *self.closed.borrow() {
+            return Err(closed_error("Redis subscriber"));
+        }
+        if subscription.topics.is_empty() || subscription.group.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Subscribe,
+                "a Redis subscription needs at least one topic and a group name",
+            ));
+        }
+        let mut conn = self.conn.clone();
+        for stream in &subscription.topics {
+            ensure_group(
+                &mut conn,
+                stream,
+                &subscription.group,
+                subscription.start.as_ref(),
+            )
+            .await?;
+        }
+        let reader = crate::conn::reader(&self.client, &self.settings).await?;
+        Ok(Reader::start(
+            self.client.clone(),
+            reader,
+            self.conn.clone(),
+            self.settings.clone(),
+            subscription,
+            self.closed.subscribe(),
+        ))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.send_replace(true);
+        Ok(())
+    }
+}
+
+/// The group's position as a stream id: entries after it are new to the group.
+fn group_position(start: Option<&StartPosition>) -> String {
+    match start {
+        // A new group reads the history the stream still holds.
+        None | Some(StartPosition::Earliest) => "0".to_owned(),
+        Some(StartPosition::Latest) => "$".to_owned(),
+        // Stream ids are `<milliseconds>-<sequence>`: the last id of the millisecond before.
+        Some(StartPosition::Time(t)) => match t.timestamp_millis() {
+            ms if ms > 0 => format!("{}-{}", ms - 1, u64::MAX),
+            _ => "0".to_owned(),
+        },
+        Some(StartPosition::At(id)) => id.clone(),
+        Some(other) => {
+            tracing::warn!(
+                ?other,
+                "unknown start position; reading from the earliest entry"
+            );
+            "0".to_owned()
+        }
+    }
+}
+
+/// Creates the group on `stream` (and the stream with it) at the start position. An existing
+/// group keeps its position unless a start was asked for.
+pub(crate) async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    start: Option<&StartPosition>,
+) -> Result<()> {
+    let position = group_position(start);
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(&position)
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    let result = match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => match start {
+            None => Ok(()),
+            Some(_) => {
+                redis::cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(&position)
+                    .query_async(conn)
+                    .await
+            }
+        },
+        other => other,
+    };
+    result.map_err(|e| {
+        failed(ErrorKind::Subscribe, "XGROUP", e)
+            .with("stream", stream)
+            .with("group", group)
+            .with("position", position)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn start_positions_become_group_ids() {
+        assert_eq!(group_position(None), "0");
+        assert_eq!(group_position(Some(&StartPosition::Latest)), "$");
+        let t = chrono::Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        assert_eq!(
+            group_position(Some(&StartPosition::Time(t))),
+            "1700000000122-18446744073709551615"
+        );
+        assert_eq!(
+            group_position(Some(&StartPosition::At("5-1".into()))),
+            "5-1"
+        );
+    }
+}
