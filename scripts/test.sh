@@ -42,3 +42,8 @@ for example in quickstart retries_and_dead_letters alert_service; do
     cargo run --quiet --locked --example "$example" >/dev/null
     echo "example $example: ok"
 done
+# The same quickstart, unchanged, against a real redis-server that the testkit fixture starts
+# on a free port (and stops afterwards).
+cargo run --quiet --locked -p eventbus-testkit --bin with-broker -- redis -- \
+    cargo run --quiet --locked --example quickstart --features redis >/dev/null
+echo "example quickstart on redis: ok"

@@ -11,22 +11,9 @@ use eventbus_core::serializer::{
     JsonSerializer,
 };
 use eventbus_core::{AvroRecord, Event, EventSchema, SchemaStore, Serializer};
+use eventbus_testkit::openedx::{UserData, UserPersonalData};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroRecord)]
-struct UserPersonalData {
-    username: String,
-    email: String,
-    name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroRecord)]
-struct UserData {
-    id: i64,
-    is_active: bool,
-    pii: UserPersonalData,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroRecord)]
 struct CourseData {

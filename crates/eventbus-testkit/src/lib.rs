@@ -7,3 +7,4 @@ pub mod capture;
 pub mod conformance;
 pub mod fixture;
 pub mod memory;
+pub mod openedx;

@@ -40,6 +40,7 @@
 //! | feature | backend | URL schemes |
 //! |---|---|---|
 //! | `memory` (default) | in-process, for development and tests | `memory://` |
+//! | `redis` | Redis Streams (the `eventbus-redis` crate, re-exported as `redis`) | `redis://`, `rediss://` |
 //!
 //! A backend that is not compiled in is reported by name with the feature that adds it.
 #![forbid(unsafe_code)]
@@ -51,11 +52,17 @@ pub use eventbus_core::*;
 #[cfg(feature = "memory")]
 pub use eventbus_testkit::memory;
 
+/// The Redis Streams backend.
+#[cfg(feature = "redis")]
+pub use eventbus_redis as redis;
+
 /// References every backend crate enabled by features, so that the linker keeps their
 /// `inventory` registrations (an unreferenced crate is dropped, registrations and all).
 pub fn link_backends() {
     #[cfg(feature = "memory")]
     eventbus_testkit::memory::register();
+    #[cfg(feature = "redis")]
+    eventbus_redis::register();
 }
 
 /// Connects the backend `config` selects.

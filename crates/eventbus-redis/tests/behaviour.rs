@@ -1,0 +1,305 @@
+//! What the conformance suite cannot see from outside: claims from dead members with their
+//! delivery counts, a stable consumer name taking back its own pending entries, a running
+//! consumer riding out a server restart, trimming, credentials and TLS.
+
+use std::time::Duration;
+
+use eventbus::{ErrorKind, Subscription};
+use eventbus_redis::RedisSettings;
+use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec, LaunchContext};
+use futures::StreamExt;
+
+mod support;
+use support::{message, raw};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn fast(url: String) -> RedisSettings {
+    let mut s = RedisSettings::new(url);
+    s.block = Duration::from_millis(300);
+    s.claim_idle = Duration::from_millis(500);
+    s.claim_interval = Duration::from_millis(100);
+    s
+}
+
+async fn next(stream: &mut eventbus::DeliveryStream) -> eventbus::Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a delivery within 15 s")
+        .expect("the stream is open")
+        .expect("no stream error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_dead_member_are_taken_over_with_their_delivery_count() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    transport
+        .publisher
+        .publish("orders", vec![message("orphan")])
+        .await
+        .unwrap();
+    // A member that reads the entry and dies without acknowledging it.
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("orders")
+        .arg("billing")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("billing")
+        .arg("dead-member")
+        .arg("STREAMS")
+        .arg("orders")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let mut stream = transport
+        .subscriber
+        .subscribe(Subscription::new("orders", "billing", "survivor"))
+        .await
+        .unwrap();
+    let d = next(&mut stream).await;
+    assert_eq!(&d.message.payload[..], b"orphan");
+    assert_eq!(d.attempt, 2, "one delivery to the dead member, one now");
+    d.ack().await.unwrap();
+    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg("orders")
+        .arg("billing")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0, "nothing is left pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stable_consumer_name_takes_back_its_pending_entries_first() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let mut settings = fast(format!("redis://{}", server.addr()));
+    // Nobody else may claim them: only the restart with the same name brings them back.
+    settings.claim_idle = Duration::from_secs(3600);
+    let transport = eventbus_redis::connect(settings).await.unwrap();
+    let batch = ["a", "b", "c"].map(message).to_vec();
+    transport.publisher.publish("jobs", batch).await.unwrap();
+    let subscription = Subscription::new("jobs", "workers", "worker-1");
+    {
+        let mut stream = transport
+            .subscriber
+            .subscribe(subscription.clone())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            drop(next(&mut stream).await); // read, never acknowledged
+        }
+    }
+    let mut stream = transport.subscriber.subscribe(subscription).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut stream).await;
+        assert_eq!(d.attempt, 2, "{d:?}");
+        seen.push(String::from_utf8_lossy(&d.message.payload).into_owned());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, ["a", "b", "c"], "oldest first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_rides_out_a_server_restart() {
+    let mut server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    let mut stream = transport
+        .subscriber
+        .subscribe(Subscription::new("ticks", "g", "reader"))
+        .await
+        .unwrap();
+    transport
+        .publisher
+        .publish("ticks", vec![message("before")])
+        .await
+        .unwrap();
+    next(&mut stream).await.ack().await.unwrap();
+
+    server.stop().await.unwrap();
+    // Down for longer than a read blocks: the reader must notice, back off and retry.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failed = transport
+        .publisher
+        .publish("ticks", vec![message("lost?")])
+        .await;
+    let error = failed.expect_err("publishing to a stopped server fails");
+    assert!(error.is_temporary(), "{error}");
+    server.restart().await.unwrap();
+
+    let mut published = false;
+    for _ in 0..50 {
+        if transport
+            .publisher
+            .publish("ticks", vec![message("after")])
+            .await
+            .is_ok()
+        {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "the publisher reconnected");
+    let d = next(&mut stream).await;
+    assert_eq!(&d.message.payload[..], b"after");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_trimmed_to_about_the_configured_length() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let url = format!("redis://{}", server.addr());
+    let mut conn = raw(&server).await;
+    for (max_len, stream) in [(100, "trimmed"), (0, "kept")] {
+        let mut settings = RedisSettings::new(url.clone());
+        settings.stream_max_len = max_len;
+        let transport = eventbus_redis::connect(settings).await.unwrap();
+        for chunk in 0..10 {
+            let batch = (0..100).map(|i| message(&format!("{chunk}-{i}"))).collect();
+            transport.publisher.publish(stream, batch).await.unwrap();
+        }
+        let len: usize = redis::cmd("XLEN")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if max_len == 0 {
+            assert_eq!(len, 1000, "0 keeps everything");
+        } else {
+            // `~` trims whole nodes only: at least N stay, far fewer than all.
+            assert!((100..=300).contains(&len), "{stream} has {len} entries");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_url_are_used_and_bad_ones_reported() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("events")
+        .arg("on")
+        .arg(">s3cret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let good = format!("redis://events:s3cret@{}", server.addr());
+    let transport = eventbus_redis::connect(RedisSettings::new(good))
+        .await
+        .unwrap();
+    transport
+        .publisher
+        .publish("acl", vec![message("ok")])
+        .await
+        .unwrap();
+
+    let bad = format!("redis://events:wrong@{}", server.addr());
+    let error = eventbus_redis::connect(RedisSettings::new(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connection);
+    let text = error.to_string();
+    assert!(text.contains("user and password"), "{text}");
+    assert!(!text.contains("wrong"), "the password leaked into {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_clear_error() {
+    let port = eventbus_testkit::fixture::free_port().unwrap();
+    let mut settings = RedisSettings::new(format!("redis://127.0.0.1:{port}"));
+    settings.connect_timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let error = eventbus_redis::connect(settings).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connection);
+    assert!(
+        error.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// redis-server serving TLS only, with a self-signed certificate made at launch.
+fn tls_args(ctx: &LaunchContext) -> Vec<String> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("generate a certificate");
+    let (cert_file, key_file) = (ctx.data_dir.join("cert.pem"), ctx.data_dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("write the certificate");
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).expect("write the key");
+    let file = |p: std::path::PathBuf| p.display().to_string();
+    [
+        "--port",
+        "0",
+        "--tls-port",
+        &ctx.port.to_string(),
+        "--tls-cert-file",
+        &file(cert_file.clone()),
+        "--tls-key-file",
+        &file(key_file),
+        "--tls-ca-cert-file",
+        &file(cert_file),
+        "--tls-auth-clients",
+        "no",
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &ctx.data_dir.display().to_string(),
+        "--save",
+        "",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_speak_tls() {
+    let spec = BrokerSpec {
+        name: "redis-tls",
+        args: tls_args,
+        ..BrokerSpec::redis()
+    };
+    let server = BrokerProcess::start(spec).await.unwrap();
+    // The certificate is self-signed, so verification is off for this test server only.
+    let url = format!("rediss://{}/#insecure", server.addr());
+    let transport = eventbus_redis::connect(fast(url)).await.unwrap();
+    let mut stream = transport
+        .subscriber
+        .subscribe(Subscription::new("secure", "g", "c"))
+        .await
+        .unwrap();
+    transport
+        .publisher
+        .publish("secure", vec![message("over tls")])
+        .await
+        .unwrap();
+    let d = next(&mut stream).await;
+    assert_eq!(&d.message.payload[..], b"over tls");
+    d.ack().await.unwrap();
+
+    // Plain text to a TLS port is refused, not hung on.
+    let plain = format!("redis://{}", server.addr());
+    let mut settings = RedisSettings::new(plain);
+    settings.connect_timeout = Duration::from_secs(1);
+    settings.response_timeout = Duration::from_secs(1);
+    assert!(eventbus_redis::connect(settings).await.is_err());
+}

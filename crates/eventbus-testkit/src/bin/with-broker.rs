@@ -1,0 +1,65 @@
+//! Runs a command against a broker started by the testkit fixture, then stops the broker.
+//!
+//! ```text
+//! cargo run -p eventbus-testkit --bin with-broker -- redis -- cargo run --example quickstart --features redis
+//! ```
+//!
+//! The command gets `EVENT_BUS_URL` pointing at the broker; its exit code is passed on. This is
+//! how the test script runs the examples against real brokers without starting any by hand.
+
+use std::process::ExitCode;
+
+use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
+
+const USAGE: &str = "usage: with-broker <redis> -- <command> [args…]";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (broker, command) = match args.split_first() {
+        Some((broker, rest))
+            if rest.first().map(String::as_str) == Some("--") && rest.len() > 1 =>
+        {
+            (broker.as_str(), &rest[1..])
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (spec, scheme) = match broker {
+        "redis" => (BrokerSpec::redis(), "redis"),
+        other => {
+            eprintln!("with-broker: unknown broker `{other}`; {USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut server = match BrokerProcess::start(spec).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("with-broker: cannot start {broker}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = format!("{scheme}://{}", server.addr());
+    eprintln!("with-broker: {broker} at {url}");
+    let status = tokio::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("EVENT_BUS_URL", &url)
+        .status()
+        .await;
+    if let Err(e) = server.stop().await {
+        eprintln!("with-broker: stopping {broker} failed: {e}");
+    }
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("with-broker: `{}` failed: {s}", command.join(" "));
+            ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("with-broker: cannot run `{}`: {e}", command[0]);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Open edX's own data shapes, for wire-compatibility tests of every backend.
+//!
+//! The types mirror openedx-events 10.x (`UserData`, `UserPersonalData` and the
+//! `SESSION_LOGIN_COMPLETED` signal), and [`SAMPLE_LOGIN_DATUM`] is [`sample_login`] as the
+//! bare Avro datum the Python producer writes, encoded by hand so that a test does not check the
+//! encoder against itself.
+
+use eventbus_core::{AvroRecord, Event};
+use serde::{Deserialize, Serialize};
+
+/// Open edX's `UserPersonalData`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroRecord)]
+pub struct UserPersonalData {
+    /// The login name.
+    pub username: String,
+    /// The e-mail address.
+    pub email: String,
+    /// The full name.
+    pub name: String,
+}
+
+/// Open edX's `UserData`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroRecord)]
+pub struct UserData {
+    /// The user id.
+    pub id: i64,
+    /// Whether the account is active.
+    pub is_active: bool,
+    /// Personal data.
+    pub pii: UserPersonalData,
+}
+
+/// Open edX's `SESSION_LOGIN_COMPLETED` signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(type = "org.openedx.learning.auth.session.login.completed.v1")]
+pub struct SessionLoginCompleted {
+    /// Who logged in.
+    pub user: UserData,
+}
+
+/// A login of user 7, `ada`.
+pub fn sample_login() -> SessionLoginCompleted {
+    SessionLoginCompleted {
+        user: UserData {
+            id: 7,
+            is_active: true,
+            pii: UserPersonalData {
+                username: "ada".into(),
+                email: "ada@example.org".into(),
+                name: "Ada Lovelace".into(),
+            },
+        },
+    }
+}
+
+/// [`sample_login`] as a bare Avro datum, from the Avro specification: zig-zag varint longs (7 is
+/// `0x0e`), one byte per boolean, strings as a zig-zag length and UTF-8.
+pub const SAMPLE_LOGIN_DATUM: &[u8] = b"\x0e\x01\x06ada\x1eada@example.org\x18Ada Lovelace";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_datum_is_what_the_encoder_writes() {
+        let schema = SessionLoginCompleted::schema().unwrap().avro();
+        let value = apache_avro::to_value(sample_login()).unwrap();
+        let datum = apache_avro::to_avro_datum(schema, value).unwrap();
+        assert_eq!(datum, SAMPLE_LOGIN_DATUM);
+    }
+}
