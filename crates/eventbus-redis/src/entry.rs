@@ -14,11 +14,8 @@
 //! back when an entry with a `type` is read, so an event published here and read here has the
 //! same headers while the entry has exactly Open edX's fields.
 
-use std::collections::HashMap;
-
 use eventbus_core::metadata::header;
 use eventbus_core::{Error, ErrorKind, Headers, Message, Result};
-use redis::Value;
 
 /// Entry field ↔ header, for the attributes Open edX stores under their own names.
 const RENAMED: &[(&str, &str)] = &[
@@ -44,13 +41,6 @@ fn field_for(header_name: &str) -> &str {
         .iter()
         .find(|(_, h)| *h == header_name)
         .map_or(header_name, |(f, _)| f)
-}
-
-fn header_for(field: &str) -> &str {
-    RENAMED
-        .iter()
-        .find(|(f, _)| *f == field)
-        .map_or(field, |(_, h)| h)
 }
 
 /// The entry's fields, in Open edX's order, then the key and any other headers.
@@ -82,52 +72,53 @@ pub(crate) fn to_fields(message: &Message) -> Result<Vec<(&str, &[u8])>> {
     Ok(fields)
 }
 
-/// The message an entry holds.
+/// The message an entry holds, from its fields in stored order.
 ///
 /// Never fails: an entry that cannot be an event (a field that is not UTF-8, say) must still
 /// reach the consumer, whose policy sends it to the dead-letter topic rather than lose it. Text
 /// that is not UTF-8 is read lossily and logged.
-pub(crate) fn from_fields(stream: &str, id: &str, fields: HashMap<String, Value>) -> Message {
+pub(crate) fn from_fields(stream: &str, id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
     let mut message = Message::default();
-    let mut headers = Vec::with_capacity(fields.len() + IMPLIED.len());
+    let mut headers = Headers::new();
     let mut is_event = false;
     for (field, value) in fields {
-        let bytes = match value {
-            Value::BulkString(bytes) => bytes,
-            Value::SimpleString(s) => s.into_bytes(),
-            other => format!("{other:?}").into_bytes(),
-        };
-        if field == EVENT_DATA {
-            message.payload = bytes.into();
+        if field == EVENT_DATA.as_bytes() {
+            message.payload = value.into();
             continue;
         }
-        let text = String::from_utf8(bytes).unwrap_or_else(|e| {
-            tracing::warn!(
-                stream,
-                id,
-                field,
-                "stream entry field is not UTF-8; read lossily"
-            );
-            String::from_utf8_lossy(e.as_bytes()).into_owned()
-        });
+        let field = utf8(stream, id, "a field name", field);
+        let text = utf8(stream, id, &field, value);
         if field == KEY {
             message.key = Some(text);
         } else {
             is_event |= field == "type";
-            headers.push((header_for(&field).to_owned(), text));
-        }
-    }
-    // Stream fields come back as a map; sorting keeps header order stable between reads.
-    headers.sort();
-    message.headers = headers.into_iter().collect::<Headers>();
-    if is_event {
-        for (name, value) in IMPLIED {
-            if message.headers.get(name).is_none() {
-                message.headers.insert(*name, *value);
+            match RENAMED.iter().find(|(f, _)| *f == field) {
+                Some((_, header)) => headers.append(*header, text),
+                None => headers.append(field, text),
             }
         }
     }
+    if is_event {
+        for (name, value) in IMPLIED {
+            if headers.get(name).is_none() {
+                headers.append(*name, *value);
+            }
+        }
+    }
+    message.headers = headers;
     message
+}
+
+fn utf8(stream: &str, id: &str, what: &str, bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| {
+        tracing::warn!(
+            stream,
+            id,
+            what,
+            "stream entry text is not UTF-8; read lossily"
+        );
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })
 }
 
 #[cfg(test)]
@@ -160,10 +151,10 @@ mod tests {
         }
     }
 
-    fn as_map(fields: &[(&str, &[u8])]) -> HashMap<String, Value> {
+    fn stored(fields: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
         fields
             .iter()
-            .map(|(f, v)| ((*f).to_owned(), Value::BulkString(v.to_vec())))
+            .map(|(f, v)| (f.as_bytes().to_vec(), v.to_vec()))
             .collect()
     }
 
@@ -185,7 +176,7 @@ mod tests {
                 "event_data"
             ]
         );
-        let back = from_fields("s", "1-0", as_map(&fields));
+        let back = from_fields("s", "1-0", stored(&fields));
         assert_eq!(back.payload, message.payload);
         assert_eq!(back.key, None);
         let mut want: Vec<_> = message.headers.iter().collect();
@@ -206,7 +197,7 @@ mod tests {
         message
             .headers
             .insert(header::CONTENT_TYPE, "application/json");
-        let back = from_fields("s", "1-0", as_map(&to_fields(&message).unwrap()));
+        let back = from_fields("s", "1-0", stored(&to_fields(&message).unwrap()));
         assert_eq!(back.key.as_deref(), Some("user-7"));
         assert_eq!(back.headers.get("dlq_reason"), Some("poison"));
         assert_eq!(
@@ -230,9 +221,10 @@ mod tests {
 
     #[test]
     fn non_text_fields_are_read_lossily_not_dropped() {
-        let mut fields = HashMap::new();
-        fields.insert("type".to_owned(), Value::BulkString(vec![b'a', 0xff]));
-        fields.insert(EVENT_DATA.to_owned(), Value::BulkString(vec![0xff]));
+        let fields = vec![
+            (b"type".to_vec(), vec![b'a', 0xff]),
+            (EVENT_DATA.as_bytes().to_vec(), vec![0xff]),
+        ];
         let message = from_fields("s", "1-0", fields);
         assert_eq!(message.headers.get(header::TYPE), Some("a\u{fffd}"));
         assert_eq!(&message.payload[..], &[0xff]);

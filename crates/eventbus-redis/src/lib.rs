@@ -64,6 +64,7 @@ mod conn;
 mod entry;
 mod publisher;
 mod reader;
+mod reply;
 mod settings;
 mod subscriber;
 

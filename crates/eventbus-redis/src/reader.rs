@@ -17,14 +17,13 @@ use eventbus_core::{
 };
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::{
-    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
-};
+use redis::streams::StreamPendingCountReply;
 use redis::Client;
 use tokio::sync::{mpsc, watch};
 
 use crate::conn::failed;
 use crate::entry;
+use crate::reply::{oldest_first, split_id, AutoClaimReply, ClaimReply, Entry, ReadReply};
 use crate::subscriber::ensure_group;
 use crate::RedisSettings;
 
@@ -38,7 +37,7 @@ struct Shared {
     consumer: String,
     /// Entries delivered and not yet acknowledged, by stream and id: the reader never claims
     /// these from itself, and a nack's redelivery keeps its entry here.
-    held: Mutex<HashSet<(String, String)>>,
+    held: Mutex<HashMap<String, HashSet<String>>>,
     /// Weak, so that a delivery kept past the end of its stream does not keep the stream open.
     deliveries: mpsc::WeakSender<Result<Delivery>>,
     closed: watch::Receiver<bool>,
@@ -70,7 +69,7 @@ impl Reader {
             conn,
             group: subscription.group,
             consumer: subscription.consumer,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             deliveries: tx.downgrade(),
             closed,
         });
@@ -167,13 +166,13 @@ impl Reader {
         for _ in &self.streams {
             cmd.arg(">");
         }
-        let reply: Option<StreamReadReply> = cmd
+        let ReadReply(streams) = cmd
             .query_async(&mut conn)
             .await
             .map_err(|e| read_failed("XREADGROUP", e))?;
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                self.shared.deliver(tx, &key.key, entry, 1).await;
+        for (stream, entries) in streams {
+            for entry in entries {
+                self.shared.deliver(tx, &stream, entry, 1).await;
             }
         }
         Ok(())
@@ -204,7 +203,7 @@ impl Reader {
                     .iter()
                     .map(|p| (p.id.clone(), p.times_delivered))
                     .collect();
-                let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+                let ClaimReply(claimed) = redis::cmd("XCLAIM")
                     .arg(stream)
                     .arg(&self.shared.group)
                     .arg(&self.shared.consumer)
@@ -213,7 +212,7 @@ impl Reader {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| read_failed("XCLAIM", e))?;
-                for entry in sorted(claimed.ids) {
+                for entry in oldest_first(claimed) {
                     let attempt = counts.get(&entry.id).map_or(2, |n| n + 1);
                     self.shared.deliver(tx, stream, entry, attempt).await;
                 }
@@ -232,7 +231,7 @@ impl Reader {
                 .get(stream)
                 .cloned()
                 .unwrap_or_else(|| "0-0".into());
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let reply: AutoClaimReply = redis::cmd("XAUTOCLAIM")
                 .arg(stream)
                 .arg(&self.shared.group)
                 .arg(&self.shared.consumer)
@@ -243,24 +242,20 @@ impl Reader {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| read_failed("XAUTOCLAIM", e))?;
-            self.claim_cursors
-                .insert(stream.clone(), reply.next_stream_id);
-            if !reply.deleted_ids.is_empty() {
+            self.claim_cursors.insert(stream.clone(), reply.cursor);
+            if !reply.deleted.is_empty() {
                 tracing::warn!(
                     stream,
                     group = %self.shared.group,
-                    ids = ?reply.deleted_ids,
+                    ids = ?reply.deleted,
                     "pending entries were trimmed from the stream before anyone acknowledged them; raise EVENT_BUS_REDIS_STREAM_MAX_LEN"
                 );
             }
-            let claimed: Vec<StreamId> = {
-                let held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
-                reply
-                    .claimed
-                    .into_iter()
-                    .filter(|e| !held.contains(&(stream.clone(), e.id.clone())))
-                    .collect()
-            };
+            let claimed: Vec<Entry> = reply
+                .claimed
+                .into_iter()
+                .filter(|e| !self.shared.holds(stream, &e.id))
+                .collect();
             let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
                 continue;
             };
@@ -291,13 +286,13 @@ impl Reader {
 }
 
 impl Shared {
-    async fn deliver(self: &Arc<Self>, tx: &Sender, stream: &str, entry: StreamId, attempt: usize) {
+    async fn deliver(self: &Arc<Self>, tx: &Sender, stream: &str, entry: Entry, attempt: usize) {
         let published_at = published_at(&entry.id);
-        let message = entry::from_fields(stream, &entry.id, entry.map);
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((stream.to_owned(), entry.id.clone()));
+        let message = entry::from_fields(stream, &entry.id, entry.fields);
+        self.held()
+            .entry(stream.to_owned())
+            .or_default()
+            .insert(entry.id.clone());
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         let acker = Box::new(EntryAck {
             shared: self.clone(),
@@ -319,11 +314,19 @@ impl Shared {
         let _ = tx.send(Ok(delivery)).await;
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
+        // The sets stay consistent whatever panicked while holding them.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn holds(&self, stream: &str, id: &str) -> bool {
+        self.held().get(stream).is_some_and(|ids| ids.contains(id))
+    }
+
     fn release(&self, stream: &str, id: &str) {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(stream.to_owned(), id.to_owned()));
+        if let Some(ids) = self.held().get_mut(stream) {
+            ids.remove(id);
+        }
     }
 
     /// Claims a nacked entry back after its delay and delivers it again.
@@ -334,7 +337,7 @@ impl Shared {
         let Some(tx) = self.deliveries.upgrade() else {
             return;
         };
-        let claimed: redis::RedisResult<StreamClaimReply> = redis::cmd("XCLAIM")
+        let claimed: redis::RedisResult<ClaimReply> = redis::cmd("XCLAIM")
             .arg(&stream)
             .arg(&self.group)
             .arg(&self.consumer)
@@ -342,7 +345,7 @@ impl Shared {
             .arg(&id)
             .query_async(&mut self.conn.clone())
             .await;
-        match claimed.map(|r| r.ids.into_iter().next()) {
+        match claimed.map(|ClaimReply(entries)| entries.into_iter().next()) {
             Ok(Some(entry)) => {
                 let attempt = attempt as usize + 1;
                 self.deliver(&tx, &stream, entry, attempt).await;
@@ -402,17 +405,6 @@ impl Acknowledge for EntryAck {
     }
 }
 
-/// Entries by id, oldest first (XCLAIM answers in the order of the ids it was given).
-fn sorted(mut entries: Vec<StreamId>) -> Vec<StreamId> {
-    entries.sort_by_key(|e| split_id(&e.id));
-    entries
-}
-
-fn split_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
 /// A stream id starts with the server's clock in milliseconds when the entry was added.
 fn published_at(id: &str) -> Option<DateTime<Utc>> {
     let (ms, _) = split_id(id);
@@ -451,21 +443,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_give_order_and_publication_time() {
-        let ids = ["10-2", "9-5", "10-10"];
-        let entries = ids
-            .iter()
-            .map(|id| StreamId {
-                id: (*id).into(),
-                ..Default::default()
-            })
-            .collect();
-        let order: Vec<String> = sorted(entries).into_iter().map(|e| e.id).collect();
-        assert_eq!(order, ["9-5", "10-2", "10-10"]);
-        assert_eq!(
-            published_at("1700000000123-0").unwrap().timestamp_millis(),
-            1_700_000_000_123
-        );
+    fn ids_give_the_publication_time() {
+        let at = published_at("1700000000123-0").unwrap();
+        assert_eq!(at.timestamp_millis(), 1_700_000_000_123);
     }
 
     #[test]

@@ -51,6 +51,9 @@ impl Subscriber for RedisSubscriber {
                 "a Redis subscription needs at least one topic and a group name",
             ));
         }
+        if let Some(StartPosition::At(id)) = &subscription.start {
+            crate::reply::check_id(id)?;
+        }
         let mut conn = self.conn.clone();
         for stream in &subscription.topics {
             ensure_group(
