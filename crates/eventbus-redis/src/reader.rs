@@ -143,8 +143,14 @@ impl Reader {
     async fn recreate_groups(&self) {
         let mut conn = self.shared.conn.clone();
         for stream in &self.streams {
-            if let Err(e) =
-                ensure_group(&mut conn, stream, &self.shared.group, self.start.as_ref()).await
+            if let Err(e) = ensure_group(
+                &mut conn,
+                stream,
+                &self.shared.group,
+                self.start.as_ref(),
+                false,
+            )
+            .await
             {
                 tracing::warn!(error = %e, stream, "cannot recreate the consumer group");
             }
@@ -381,13 +387,14 @@ impl Acknowledge for EntryAck {
             .arg(&self.id)
             .query_async(&mut self.shared.conn.clone())
             .await;
-        acked.map_err(|e| {
-            failed(ErrorKind::Receiver, "XACK", e)
+        // Released either way: after a failed XACK the entry is still pending, and a claim round
+        // must be free to deliver it again once it has been idle long enough.
+        self.shared.release(&self.stream, &self.id);
+        acked.map(drop).map_err(|e| {
+            failed(ErrorKind::Subscribe, "XACK", e)
                 .with("stream", &self.stream)
                 .with("id", &self.id)
-        })?;
-        self.shared.release(&self.stream, &self.id);
-        Ok(())
+        })
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {

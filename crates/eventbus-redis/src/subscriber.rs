@@ -61,6 +61,7 @@ impl Subscriber for RedisSubscriber {
                 stream,
                 &subscription.group,
                 subscription.start.as_ref(),
+                true,
             )
             .await?;
         }
@@ -104,12 +105,13 @@ fn group_position(start: Option<&StartPosition>) -> String {
 }
 
 /// Creates the group on `stream` (and the stream with it) at the start position. An existing
-/// group keeps its position unless a start was asked for.
+/// group keeps its position unless `move_existing` is set and a start was asked for.
 pub(crate) async fn ensure_group(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
     start: Option<&StartPosition>,
+    move_existing: bool,
 ) -> Result<()> {
     let position = group_position(start);
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -121,9 +123,8 @@ pub(crate) async fn ensure_group(
         .query_async(conn)
         .await;
     let result = match created {
-        Err(e) if e.code() == Some("BUSYGROUP") => match start {
-            None => Ok(()),
-            Some(_) => {
+        Err(e) if e.code() == Some("BUSYGROUP") => {
+            if start.is_some() && move_existing {
                 redis::cmd("XGROUP")
                     .arg("SETID")
                     .arg(stream)
@@ -131,8 +132,10 @@ pub(crate) async fn ensure_group(
                     .arg(&position)
                     .query_async(conn)
                     .await
+            } else {
+                Ok(())
             }
-        },
+        }
         other => other,
     };
     result.map_err(|e| {

@@ -303,3 +303,47 @@ async fn rediss_urls_speak_tls() {
     settings.response_timeout = Duration::from_secs(1);
     assert!(eventbus_redis::connect(settings).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_recreates_a_group_that_vanished() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    let mut stream = transport
+        .subscriber
+        .subscribe(Subscription::new("audit", "g", "reader"))
+        .await
+        .unwrap();
+    // As after a restart of a server that keeps nothing: stream and group are gone.
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    // Let the reader run into NOGROUP and create the group again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    transport
+        .publisher
+        .publish("audit", vec![message("after the flush")])
+        .await
+        .unwrap();
+    let d = next(&mut stream).await;
+    assert_eq!(&d.message.payload[..], b"after the flush");
+    d.ack().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_position_that_is_no_stream_id_is_refused_before_redis_sees_it() {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    let subscription = Subscription::new("t", "g", "c")
+        .starting_at(eventbus::StartPosition::At("last tuesday".into()));
+    let error = match transport.subscriber.subscribe(subscription).await {
+        Ok(_) => panic!("a malformed start position was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(error.to_string().contains("last tuesday"), "{error}");
+}
