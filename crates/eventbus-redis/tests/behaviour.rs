@@ -347,3 +347,107 @@ async fn a_start_position_that_is_no_stream_id_is_refused_before_redis_sees_it()
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.to_string().contains("last tuesday"), "{error}");
 }
+
+/// Publishes a login event, lets a member read it and die, optionally bumps its delivery count,
+/// then runs a bus consumer whose receiver always fails; returns the receiver's calls and the
+/// dead letter's `dlq_attempts`.
+async fn dead_member_then_failing_receiver(extra_deliveries: u32) -> (usize, String) {
+    use eventbus::{BusConfig, Envelope};
+    use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    let config = BusConfig::new().consumer(|c| {
+        c.retry.max_attempts = 2;
+        c.retry.base = Duration::from_millis(10);
+    });
+    let bus = eventbus::Bus::with_transport(transport, eventbus::SerializerKind::Avro, config);
+    let position = bus
+        .producer()
+        .send("logins", &sample_login())
+        .await
+        .unwrap();
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("logins")
+        .arg("audit")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audit")
+        .arg("dead-member")
+        .arg("STREAMS")
+        .arg("logins")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if extra_deliveries > 0 {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg("logins")
+            .arg("audit")
+            .arg("dead-member")
+            .arg(0)
+            .arg(position.to_string())
+            .arg("RETRYCOUNT")
+            .arg(1 + extra_deliveries)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let consumer = bus
+        .consumer("logins", "audit")
+        .handle(move |_: Envelope<SessionLoginCompleted>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(std::io::Error::other("always fails")) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let attempts = loop {
+        let letters: Vec<(String, std::collections::BTreeMap<String, String>)> =
+            redis::cmd("XRANGE")
+                .arg("logins.dlq")
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        if let Some((_, fields)) = letters.first() {
+            break fields["dlq_attempts"].clone();
+        }
+        assert!(started.elapsed() < WAIT, "no dead letter within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    consumer.shutdown().await.unwrap();
+    (calls.load(Ordering::SeqCst), attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_a_dead_member_count_against_the_retry_policy() {
+    // Delivered once to the dead member: one attempt is left of two.
+    assert_eq!(
+        dead_member_then_failing_receiver(0).await,
+        (1, "2".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_delivered_too_often_is_dead_lettered_without_running() {
+    // Already delivered three times (a member crashing on it each time): none is left.
+    assert_eq!(
+        dead_member_then_failing_receiver(2).await,
+        (0, "4".to_owned())
+    );
+}

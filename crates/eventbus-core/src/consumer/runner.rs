@@ -220,8 +220,23 @@ impl Shared {
             )
             .map_err(|e| fail(Reason::Undecodable, e))?;
 
+        // Deliveries count from the broker's own count: an event redelivered after its consumer
+        // died (crashing on it, say) has used up attempts already, and one delivered more often
+        // than the policy allows goes to the dead letters without running again.
         let retry = self.settings.retry;
-        let mut attempt = 1;
+        let mut attempt = delivery.attempt.max(1);
+        if attempt > retry.max_attempts.max(1) {
+            let error = Error::new(
+                ErrorKind::Receiver,
+                "the event was delivered more often than the retry policy allows without being acknowledged; a consumer may have died while handling it",
+            )
+            .with("deliveries", delivery.attempt);
+            return Err(Failure {
+                reason: Reason::ReceiverFailed,
+                error,
+                attempts: delivery.attempt,
+            });
+        }
         loop {
             let result = AssertUnwindSafe(call.call()).catch_unwind().await;
             let error = match result {
