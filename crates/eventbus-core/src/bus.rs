@@ -9,6 +9,7 @@ use crate::metadata::host_name;
 use crate::producer::{Producer, ProducerSettings};
 use crate::registry;
 use crate::routing::{self, Outbox};
+use crate::schema_registry::SchemaIds;
 use crate::serializer::{SchemaStore, Serializer, SerializerKind};
 use crate::transport::Transport;
 
@@ -56,11 +57,15 @@ impl Bus {
             .build(Arc::clone(&store));
         let settings = ProducerSettings::new(config.service(), &host_name())
             .with_topic_prefix(config.topic_prefix.clone());
-        let producer = Producer::new(
+        let mut producer = Producer::new(
             Arc::clone(&transport.publisher),
             Arc::clone(&serializer),
             settings,
         );
+        if let Some(registry) = &transport.schema_registry {
+            producer =
+                producer.with_schema_ids(SchemaIds::new(Arc::clone(&store), Arc::clone(registry)));
+        }
         Bus {
             transport,
             producer,

@@ -18,6 +18,7 @@ pub mod producer;
 pub mod registry;
 pub mod routing;
 pub mod schema;
+pub mod schema_registry;
 pub mod serializer;
 pub mod signal;
 pub mod transport;
@@ -32,6 +33,7 @@ pub use metadata::EventMetadata;
 pub use producer::{Producer, ProducerSettings};
 pub use registry::{BackendConfig, BackendFactory};
 pub use routing::{RoutingTable, TopicRoute};
+pub use schema_registry::{SchemaIds, SchemaRegistry};
 pub use serializer::{SchemaStore, Serializer, SerializerKind};
 pub use signal::{BoxError, Receiver, ReceiverId, SendReport, Signal};
 pub use transport::{

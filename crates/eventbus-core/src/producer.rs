@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
 use crate::metadata::{source_for_service, EventMetadata};
+use crate::schema_registry::SchemaIds;
 use crate::serializer::{encode_event, Serializer};
 use crate::transport::{Message, Position, Publisher};
 
@@ -53,6 +54,7 @@ pub struct Producer {
     publisher: Arc<dyn Publisher>,
     serializer: Arc<dyn Serializer>,
     settings: Arc<ProducerSettings>,
+    schema_ids: Option<SchemaIds>,
 }
 
 impl fmt::Debug for Producer {
@@ -76,7 +78,30 @@ impl Producer {
             publisher,
             serializer,
             settings: Arc::new(settings),
+            schema_ids: None,
         }
+    }
+
+    /// Registers each event type's schema through `ids` before its first send to a topic (the
+    /// Confluent framing needs the id in every message).
+    #[must_use]
+    pub fn with_schema_ids(mut self, ids: SchemaIds) -> Self {
+        self.schema_ids = Some(ids);
+        self
+    }
+
+    /// The schema ids this producer registers through, if its wire format has ids.
+    pub fn schema_ids(&self) -> Option<&SchemaIds> {
+        self.schema_ids.as_ref()
+    }
+
+    async fn register<E: Event>(&self, full_topic: &str) -> Result<()> {
+        if let Some(ids) = &self.schema_ids {
+            ids.register::<E>(full_topic)
+                .await
+                .map_err(|e| e.with("topic", full_topic))?;
+        }
+        Ok(())
     }
 
     /// The settings.
@@ -123,6 +148,7 @@ impl Producer {
     /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
     pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Position> {
         let full = self.settings.full_topic(topic);
+        self.register::<E>(&full).await?;
         let message = self.encode(&full, event, &self.metadata::<E>(), event.key())?;
         single(self.publish(&full, vec![message]).await?, &full)
     }
@@ -135,6 +161,7 @@ impl Producer {
         key: Option<String>,
     ) -> Result<Position> {
         let full = self.settings.full_topic(topic);
+        self.register::<E>(&full).await?;
         let message = self.encode(&full, envelope.event(), envelope.metadata(), key)?;
         single(self.publish(&full, vec![message]).await?, &full)
     }
@@ -142,6 +169,7 @@ impl Producer {
     /// Publishes several events to `topic` in one batch, in order.
     pub async fn send_batch<E: Event>(&self, topic: &str, events: &[E]) -> Result<Vec<Position>> {
         let full = self.settings.full_topic(topic);
+        self.register::<E>(&full).await?;
         let messages = events
             .iter()
             .map(|event| self.encode(&full, event, &self.metadata::<E>(), event.key()))

@@ -173,6 +173,14 @@ impl SchemaStore {
         }
     }
 
+    /// Records the schema registered with `id`, whatever its subject (a consumer learns schemas
+    /// by id).
+    pub fn add_schema(&self, id: u32, schema: EventSchema) {
+        if let Ok(mut by_id) = self.by_id.write() {
+            by_id.insert(id, Arc::new(schema));
+        }
+    }
+
     /// The id of `schema` under `subject`, if registered.
     pub fn registered_id(&self, subject: &str, schema: &EventSchema) -> Option<u32> {
         let ids = self.ids.read().ok()?;
@@ -365,7 +373,7 @@ impl Serializer for ConfluentAvroSerializer {
         let id = self.store.registered_id(&subject, ctx.schema).ok_or_else(|| {
             Error::new(
                 ErrorKind::Serialize,
-                "no schema id is known for this subject; register the schema with the schema registry first",
+                "no schema id is known for this subject; the Confluent framing needs a schema registry (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
             )
             .with("subject", &subject)
         })?;
@@ -381,7 +389,7 @@ impl Serializer for ConfluentAvroSerializer {
         let writer = self.store.schema_by_id(id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Deserialize,
-                "the payload's schema id is unknown; fetch it from the schema registry first",
+                "the payload's schema id is unknown; the Confluent framing needs a schema registry to look it up (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
             )
             .with("schema_id", id)
             .temporary()

@@ -291,6 +291,8 @@ pub struct Transport {
     pub subscriber: Arc<dyn Subscriber>,
     /// What the backend promises.
     pub guarantees: Guarantees,
+    /// Where Confluent-framed Avro gets its schema ids; backends of other formats have none.
+    pub schema_registry: Option<Arc<dyn crate::schema_registry::SchemaRegistry>>,
 }
 
 /// The error every backend returns for use after close.

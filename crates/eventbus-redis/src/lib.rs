@@ -126,5 +126,6 @@ pub async fn connect(settings: RedisSettings) -> Result<Transport> {
         )),
         subscriber: Arc::new(subscriber::RedisSubscriber::new(client, commands, settings)),
         guarantees: GUARANTEES,
+        schema_registry: None,
     })
 }

@@ -211,6 +211,22 @@ impl Shared {
             .with("event_type", &metadata.event_type);
             return Err(fail(Reason::UnknownEventType, error));
         };
+        if let Some(ids) = self.producer.schema_ids() {
+            // An unreachable registry is retried like a failing receiver; only what stays
+            // unknown goes to the dead letters as undecodable.
+            let mut tries = 1;
+            loop {
+                match ids.learn(&delivery.message.payload).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_temporary() && self.settings.retry.retries_after(tries) => {
+                        tracing::debug!(error = %e, tries, "schema lookup failed; retrying");
+                        tokio::time::sleep(self.settings.retry.delay(tries)).await;
+                        tries += 1;
+                    }
+                    Err(e) => return Err(fail(Reason::Undecodable, e)),
+                }
+            }
+        }
         let call = route
             .prepare(
                 &delivery.topic,

@@ -125,6 +125,7 @@ impl MemoryBroker {
                 closed: Default::default(),
             }),
             guarantees: GUARANTEES,
+            schema_registry: None,
         }
     }
 }
