@@ -67,6 +67,36 @@ impl BrokerSpec {
     }
 }
 
+impl BrokerSpec {
+    /// A `tansu` broker (Kafka protocol) keeping its data in memory: it does not survive a
+    /// restart. Topics are not created automatically; create them with the admin API.
+    pub fn tansu() -> Self {
+        Self {
+            name: "tansu",
+            program: "tansu".to_owned(),
+            args: tansu_args,
+            extra_ports: 0,
+            startup_timeout: Duration::from_secs(30),
+            install_hint: "cargo install --locked tansu --features dynostore",
+        }
+    }
+}
+
+fn tansu_args(ctx: &LaunchContext) -> Vec<String> {
+    let url = format!("tcp://127.0.0.1:{}", ctx.port);
+    [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 fn redis_args(ctx: &LaunchContext) -> Vec<String> {
     let flags = [
         ("--port", ctx.port.to_string()),

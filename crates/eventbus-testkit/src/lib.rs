@@ -8,3 +8,5 @@ pub mod conformance;
 pub mod fixture;
 pub mod memory;
 pub mod openedx;
+#[cfg(feature = "registry")]
+pub mod registry;

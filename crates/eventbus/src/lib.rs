@@ -40,6 +40,7 @@
 //! | feature | backend | URL schemes |
 //! |---|---|---|
 //! | `memory` (default) | in-process, for development and tests | `memory://` |
+//! | `kafka` | Kafka with Avro in Confluent framing and a schema registry (the `eventbus-kafka` crate, re-exported as `kafka`) | `kafka://` |
 //! | `redis` | Redis Streams (the `eventbus-redis` crate, re-exported as `redis`) | `redis://`, `rediss://` |
 //!
 //! A backend that is not compiled in is reported by name with the feature that adds it.
@@ -52,6 +53,10 @@ pub use eventbus_core::*;
 #[cfg(feature = "memory")]
 pub use eventbus_testkit::memory;
 
+/// The Kafka backend.
+#[cfg(feature = "kafka")]
+pub use eventbus_kafka as kafka;
+
 /// The Redis Streams backend.
 #[cfg(feature = "redis")]
 pub use eventbus_redis as redis;
@@ -63,6 +68,8 @@ pub fn link_backends() {
     eventbus_testkit::memory::register();
     #[cfg(feature = "redis")]
     eventbus_redis::register();
+    #[cfg(feature = "kafka")]
+    eventbus_kafka::register();
 }
 
 /// Connects the backend `config` selects.

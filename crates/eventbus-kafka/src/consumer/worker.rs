@@ -1,0 +1,425 @@
+//! One subscription's worker: the task that owns the Kafka consumer.
+//!
+//! librdkafka wakes it when its queue has something (messages, rebalances, errors), and it
+//! serves the queue without blocking, between acknowledgements; it never stops polling, so the
+//! group session never starves. It and hands out at most one
+//! message per partition at a time: the next one of a partition goes out when the previous one
+//! was acknowledged, whose offset is then stored (and committed by the periodic auto-commit, on
+//! revocation and on close). That gives order per partition (hence per key) with concurrency
+//! across partitions. A nacked message is handed out again after its delay, still holding its
+//! partition. A partition whose buffer fills is paused and resumed when it drains.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::DateTime;
+use eventbus_core::{Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use super::group::{GroupContext, Partition};
+use crate::client::failed;
+
+pub(crate) type KafkaConsumer = BaseConsumer<GroupContext>;
+
+/// How long closing may wait for the group to let the consumer go.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+type Deliveries = mpsc::UnboundedSender<Result<Delivery>>;
+
+/// What acknowledgers tell the worker.
+#[derive(Debug)]
+enum Command {
+    Ack {
+        partition: Partition,
+        epoch: u64,
+        offset: i64,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Nack {
+        partition: Partition,
+        epoch: u64,
+        offset: i64,
+        delay: Duration,
+    },
+    /// A nack's delay is over: hand the message out again.
+    Redeliver {
+        partition: Partition,
+        epoch: u64,
+        offset: i64,
+    },
+}
+
+/// A message as polled: owned, so the consumer is free again.
+struct Received {
+    partition: Partition,
+    held: Held,
+}
+
+impl From<&BorrowedMessage<'_>> for Received {
+    fn from(message: &BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: (message.topic().to_owned(), message.partition()),
+            held: Held {
+                message: to_message(message),
+                offset: message.offset(),
+                attempt: 1,
+                published_at: message.timestamp().to_millis(),
+            },
+        }
+    }
+}
+
+/// A message held by the worker.
+#[derive(Debug, Clone)]
+struct Held {
+    message: Message,
+    offset: i64,
+    attempt: u32,
+    published_at: Option<i64>,
+}
+
+/// What the worker holds of one assigned partition.
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// Distinguishes this assignment from earlier ones, so that late acks of a partition that
+    /// was revoked and assigned again are ignored.
+    epoch: u64,
+    out: Option<Held>,
+    waiting: VecDeque<Held>,
+    paused: bool,
+}
+
+pub(crate) struct Worker {
+    consumer: KafkaConsumer,
+    wake: Arc<Notify>,
+    deliveries: Deliveries,
+    commands: mpsc::UnboundedReceiver<Command>,
+    command_tx: mpsc::UnboundedSender<Command>,
+    partitions: HashMap<Partition, PartitionState>,
+    next_epoch: u64,
+    buffer: usize,
+}
+
+impl Worker {
+    pub(crate) fn new(mut consumer: KafkaConsumer, deliveries: Deliveries, buffer: usize) -> Self {
+        let (command_tx, commands) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let waker = wake.clone();
+        consumer.set_nonempty_callback(move || waker.notify_one());
+        Self {
+            consumer,
+            wake,
+            deliveries,
+            commands,
+            command_tx,
+            partitions: HashMap::new(),
+            next_epoch: 1,
+            buffer,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut closed: watch::Receiver<bool>) {
+        let deliveries = self.deliveries.clone();
+        let wake = self.wake.clone();
+        let mut failures = 0u32;
+        loop {
+            self.serve_queue(&mut failures).await;
+            tracing::trace!(partitions = self.partitions.len(), "worker idle");
+            let closing = async { closed.wait_for(|c| *c).await.map(drop) };
+            tokio::select! {
+                _ = closing => break,
+                () = deliveries.closed() => break,
+                () = wake.notified() => {}
+                Some(command) = self.commands.recv() => {
+                    self.drop_revoked();
+                    self.handle(command);
+                }
+                // librdkafka's housekeeping (and a wake-up that raced the last poll).
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        self.close().await;
+    }
+
+    /// Takes everything librdkafka has ready, without blocking.
+    async fn serve_queue(&mut self, failures: &mut u32) {
+        loop {
+            let error = match self.consumer.poll(Duration::ZERO) {
+                None => return,
+                Some(Ok(message)) => {
+                    *failures = 0;
+                    let message = Received::from(&message);
+                    self.drop_revoked();
+                    self.take(message);
+                    continue;
+                }
+                Some(Err(e)) => e,
+            };
+            // Broker trouble shows up here; librdkafka reconnects by itself.
+            *failures = failures.saturating_add(1);
+            tracing::warn!(error = %error, "Kafka consumer error; polling on");
+            tokio::time::sleep(Duration::from_millis(100 * u64::from((*failures).min(20)))).await;
+        }
+    }
+
+    /// Commits what was acknowledged and leaves the group, off the async threads.
+    async fn close(self) {
+        let consumer = self.consumer;
+        let closed = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "committing on close failed; some messages may come again"),
+            }
+            // Leave the group now, serving the rebalance it causes, so that others take over
+            // at once; then destroy the client where nobody waits for it (librdkafka may take
+            // seconds to stop its broker threads).
+            if consumer.close_queue().is_ok() {
+                let started = Instant::now();
+                while !consumer.closed() && started.elapsed() < CLOSE_TIMEOUT {
+                    let _ = consumer.poll(Duration::from_millis(50));
+                }
+            }
+            std::thread::spawn(move || drop(consumer));
+        })
+        .await;
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "closing the Kafka consumer failed");
+        }
+    }
+
+    fn drop_revoked(&mut self) {
+        for partition in self.consumer.context().take_revoked() {
+            self.partitions.remove(&partition);
+        }
+    }
+
+    /// A message from the broker: out at once if its partition is free, else in line.
+    fn take(&mut self, Received { partition, held }: Received) {
+        tracing::trace!(?partition, offset = held.offset, "received");
+        if self
+            .consumer
+            .context()
+            .before_start(&partition, held.published_at)
+        {
+            // Older than the start time: read past it as if handled.
+            if let Err(e) = self
+                .consumer
+                .store_offset(&partition.0, partition.1, held.offset)
+            {
+                tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
+            }
+            return;
+        }
+        let next_epoch = &mut self.next_epoch;
+        let state = self.partitions.entry(partition.clone()).or_insert_with(|| {
+            *next_epoch += 1;
+            PartitionState {
+                epoch: *next_epoch,
+                ..PartitionState::default()
+            }
+        });
+        if state.out.is_none() {
+            let epoch = state.epoch;
+            state.out = Some(held.clone());
+            self.hand_out(&partition, epoch, held);
+            return;
+        }
+        state.waiting.push_back(held);
+        if state.waiting.len() >= self.buffer && !state.paused {
+            state.paused = true;
+            if let Err(e) = self.consumer.pause(&single(&partition)) {
+                tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Ack {
+                partition,
+                epoch,
+                offset,
+                done,
+            } => {
+                let result = self.acknowledge(&partition, epoch, offset);
+                let _ = done.send(result);
+            }
+            Command::Nack {
+                partition,
+                epoch,
+                offset,
+                delay,
+            } => {
+                let tx = self.command_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Command::Redeliver {
+                        partition,
+                        epoch,
+                        offset,
+                    });
+                });
+            }
+            Command::Redeliver {
+                partition,
+                epoch,
+                offset,
+            } => {
+                let Some(state) = self.partitions.get_mut(&partition) else {
+                    return;
+                };
+                let Some(out) = state
+                    .out
+                    .as_mut()
+                    .filter(|h| state.epoch == epoch && h.offset == offset)
+                else {
+                    return;
+                };
+                out.attempt += 1;
+                let held = out.clone();
+                self.hand_out(&partition, epoch, held);
+            }
+        }
+    }
+
+    /// Stores the offset of an acknowledged message and frees its partition for the next.
+    fn acknowledge(&mut self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
+        let Some(state) = self
+            .partitions
+            .get_mut(partition)
+            .filter(|s| s.epoch == epoch && s.out.as_ref().is_some_and(|h| h.offset == offset))
+        else {
+            // Revoked since: the next owner reads it again from the last commit.
+            return Err(Error::new(
+                ErrorKind::Subscribe,
+                "the partition was revoked before the acknowledgement; another member will see the message again",
+            )
+            .with("topic", &partition.0)
+            .with("partition", partition.1)
+            .with("offset", offset));
+        };
+        state.out = None;
+        tracing::trace!(?partition, offset, "acknowledged");
+        // `store_offset` stores the next offset to read, offset + 1.
+        self.consumer
+            .store_offset(&partition.0, partition.1, offset)
+            .map_err(|e| {
+                failed(ErrorKind::Subscribe, "offset store", e)
+                    .with("topic", &partition.0)
+                    .with("partition", partition.1)
+            })?;
+        if let Some(next) = state.waiting.pop_front() {
+            state.out = Some(next.clone());
+            if state.paused && state.waiting.len() <= self.buffer / 2 {
+                state.paused = false;
+                if let Err(e) = self.consumer.resume(&single(partition)) {
+                    tracing::warn!(error = %e, ?partition, "cannot resume a partition");
+                }
+            }
+            self.hand_out(partition, epoch, next);
+        }
+        Ok(())
+    }
+
+    fn hand_out(&self, partition: &Partition, epoch: u64, held: Held) {
+        tracing::trace!(
+            ?partition,
+            offset = held.offset,
+            attempt = held.attempt,
+            "handing out"
+        );
+        let acker = Box::new(OffsetAck {
+            commands: self.command_tx.clone(),
+            partition: partition.clone(),
+            epoch,
+            offset: held.offset,
+        });
+        let position = Position::Offset {
+            partition: partition.1,
+            offset: held.offset,
+        };
+        let mut delivery = Delivery::new(&partition.0, held.message, position, held.attempt, acker);
+        if let Some(at) = held.published_at.and_then(DateTime::from_timestamp_millis) {
+            delivery = delivery.published_at(at);
+        }
+        // A closed channel means the stream was dropped; the loop ends on its own.
+        let _ = self.deliveries.send(Ok(delivery));
+    }
+}
+
+fn single(partition: &Partition) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&partition.0, partition.1);
+    tpl
+}
+
+/// The message as the core sees it: headers as UTF-8 text (Open edX writes them so).
+fn to_message(message: &BorrowedMessage<'_>) -> Message {
+    let mut headers = Headers::new();
+    if let Some(kafka_headers) = message.headers() {
+        for header in kafka_headers.iter() {
+            let value = header
+                .value
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            headers.append(header.key, value);
+        }
+    }
+    Message {
+        key: message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: message
+            .payload()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+            .into(),
+        headers,
+    }
+}
+
+/// Acknowledges one message through the worker.
+#[derive(Debug)]
+struct OffsetAck {
+    commands: mpsc::UnboundedSender<Command>,
+    partition: Partition,
+    epoch: u64,
+    offset: i64,
+}
+
+fn gone() -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        "the subscription was closed before the acknowledgement; the message will be delivered again",
+    )
+}
+
+#[async_trait]
+impl Acknowledge for OffsetAck {
+    async fn ack(self: Box<Self>) -> Result<()> {
+        let (done, answer) = oneshot::channel();
+        let command = Command::Ack {
+            partition: self.partition,
+            epoch: self.epoch,
+            offset: self.offset,
+            done,
+        };
+        self.commands.send(command).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
+        let command = Command::Nack {
+            partition: self.partition,
+            epoch: self.epoch,
+            offset: self.offset,
+            delay,
+        };
+        self.commands.send(command).map_err(|_| gone())
+    }
+}
