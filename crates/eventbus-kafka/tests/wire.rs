@@ -1,0 +1,201 @@
+//! Wire compatibility with Open edX's `edx-event-bus-kafka`: what we publish carries the Open
+//! edX headers and a Confluent-framed Avro value that decodes with the registered schema, and a
+//! message laid out as the Python producer writes it is consumed as the typed event.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eventbus::{BusConfig, Envelope, Event};
+use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
+use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted, SAMPLE_LOGIN_DATUM};
+use eventbus_testkit::registry::RegistryServer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+const SUBJECT: &str =
+    "dev-user-login-org.openedx.learning.auth.session.login.completed.v1.CloudEvent";
+
+async fn bus(broker: &BrokerProcess, registry: &RegistryServer) -> eventbus::Bus {
+    eventbus::connect(
+        BusConfig::new()
+            .url(format!("kafka://{}", broker.addr()))
+            .option("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL", registry.url())
+            .option("EVENT_BUS_KAFKA_TOPIC_PARTITIONS", "1")
+            // tansu 0.6 cannot fetch from inside a record batch (see tests/conformance.rs).
+            .option("EVENT_BUS_KAFKA_BATCH_NUM_MESSAGES", "1")
+            .topic_prefix("dev")
+            .service_name("lms"),
+    )
+    .await
+    .expect("connect to tansu")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_event_has_open_edx_headers_and_a_framed_value() {
+    let broker = BrokerProcess::start(BrokerSpec::tansu()).await.unwrap();
+    let registry = RegistryServer::start().await.unwrap();
+    let bus = bus(&broker, &registry).await;
+    bus.producer()
+        .send("user-login", &sample_login())
+        .await
+        .unwrap();
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "wire-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("dev-user-login", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let message = loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            break m.unwrap().detach();
+        }
+    };
+
+    let headers: BTreeMap<String, String> = message
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h.key.to_owned(),
+                String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "ce_datacontenttype",
+            "ce_id",
+            "ce_minorversion",
+            "ce_source",
+            "ce_specversion",
+            "ce_time",
+            "ce_type",
+            "content-type",
+            "sourcehost",
+            "sourcelib"
+        ]
+    );
+    assert_eq!(headers["ce_type"], SessionLoginCompleted::EVENT_TYPE);
+    assert_eq!(headers["ce_source"], "openedx/lms/web");
+    assert_eq!(headers["ce_specversion"], "1.0");
+    assert_eq!(headers["content-type"], "application/avro");
+    assert_eq!(headers["ce_datacontenttype"], "application/avro");
+    assert!(uuid::Uuid::parse_str(&headers["ce_id"]).is_ok());
+    assert!(
+        headers["ce_time"].ends_with("+00:00"),
+        "{}",
+        headers["ce_time"]
+    );
+
+    let value = message.payload().unwrap();
+    assert_eq!(value[0], 0, "Confluent magic byte");
+    let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+    assert_eq!(
+        registry.subjects()[SUBJECT],
+        vec![id],
+        "registered under topic-record naming"
+    );
+    let schema = apache_avro::Schema::parse_str(&registry.schema(id).unwrap()).unwrap();
+    assert_eq!(&value[5..], SAMPLE_LOGIN_DATUM);
+    let decoded = apache_avro::from_avro_datum(&schema, &mut &value[5..], None).unwrap();
+    let event: SessionLoginCompleted = apache_avro::from_value(&decoded).unwrap();
+    assert_eq!(event, sample_login());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_as_open_edx_does_is_consumed_as_the_typed_event() {
+    let broker = BrokerProcess::start(BrokerSpec::tansu()).await.unwrap();
+    let registry = RegistryServer::start().await.unwrap();
+    let bus = bus(&broker, &registry).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let consumer = bus
+        .consumer("user-login", "wire-test")
+        .handle(move |e: Envelope<SessionLoginCompleted>| {
+            let tx = tx.clone();
+            async move { tx.send(e).map_err(|_| std::io::Error::other("test over")) }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    // The Python producer registers the schema (openedx-events' own JSON) and frames the datum.
+    let schema_json = SessionLoginCompleted::schema().unwrap().json().to_owned();
+    let id: serde_json::Value = reqwest_register(&registry.url(), &schema_json).await;
+    let id = id["id"].as_u64().unwrap() as u32;
+    let mut value = vec![0u8];
+    value.extend_from_slice(&id.to_be_bytes());
+    value.extend_from_slice(SAMPLE_LOGIN_DATUM);
+    let headers = [
+        ("ce_id", "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"),
+        ("ce_type", SessionLoginCompleted::EVENT_TYPE),
+        ("ce_source", "openedx/lms/web"),
+        ("ce_specversion", "1.0"),
+        ("ce_time", "2026-11-22T05:20:27.505586+00:00"),
+        ("ce_minorversion", "0"),
+        ("sourcehost", "edx.devstack.lms"),
+        ("sourcelib", "10.5.0"),
+        ("content-type", "application/avro"),
+        ("ce_datacontenttype", "application/avro"),
+    ]
+    .iter()
+    .fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(*v),
+        })
+    });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to("dev-user-login")
+                .key("7")
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("consumed in time")
+        .unwrap();
+    assert_eq!(got.event(), &sample_login());
+    assert_eq!(
+        got.metadata().id.to_string(),
+        "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"
+    );
+    assert_eq!(got.metadata().source_lib, "10.5.0");
+    assert_eq!(
+        got.metadata().time_string(),
+        "2026-11-22T05:20:27.505586+00:00"
+    );
+    consumer.shutdown().await.unwrap();
+}
+
+/// `POST /subjects/{subject}/versions` the way the Python client does it.
+async fn reqwest_register(url: &str, schema: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("{url}/subjects/{SUBJECT}/versions"))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .json(&serde_json::json!({ "schema": schema }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
