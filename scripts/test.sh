@@ -30,6 +30,12 @@ if have rustup; then
 fi
 # redis-server: the broker fixture's tests and the Redis backend run against a real one.
 have redis-server || apt_install redis-server
+# rdkafka builds librdkafka from source: a C and C++ compiler, make and perl's configure helpers.
+have make || apt_install make
+have g++ || apt_install g++
+have perl || apt_install perl
+# tansu: a Kafka-protocol broker for the Kafka backend's tests (about 10 minutes to build once).
+have tansu || cargo install --locked tansu --version 0.6.0 --features dynostore
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
@@ -47,3 +53,7 @@ done
 cargo run --quiet --locked -p eventbus-testkit --bin with-broker -- redis -- \
     cargo run --quiet --locked --example quickstart --features redis >/dev/null
 echo "example quickstart on redis: ok"
+# And against tansu with the schema-registry fixture.
+cargo run --quiet --locked -p eventbus-testkit --features registry --bin with-broker -- kafka -- \
+    cargo run --quiet --locked --example quickstart --features kafka >/dev/null
+echo "example quickstart on kafka: ok"

@@ -51,6 +51,7 @@
 //! | `EVENT_BUS_KAFKA_TOPIC_PARTITIONS`, `…_TOPIC_REPLICATION` | 8, 1 | for topics eventbus creates |
 //! | `EVENT_BUS_KAFKA_FLUSH_TIMEOUT_MS` | 10000 | how long close waits for undelivered messages |
 //! | `EVENT_BUS_KAFKA_PARTITION_BUFFER` | 500 | messages held per partition before it is paused |
+//! | `EVENT_BUS_KAFKA_PRODUCER_<NAME>`, `EVENT_BUS_KAFKA_CONSUMER_<NAME>` | | a librdkafka property for the producer or the consumers only |
 //! | any other `EVENT_BUS_KAFKA_<NAME>` | | the librdkafka property `<name>`, lower case, `_` → `.` |
 //!
 //! # Security

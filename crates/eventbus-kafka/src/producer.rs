@@ -39,6 +39,9 @@ impl std::fmt::Debug for KafkaPublisher {
 impl KafkaPublisher {
     pub(crate) fn new(settings: &KafkaSettings, topics: Arc<Topics>) -> Result<Self> {
         let mut config = base_config(settings);
+        for (name, value) in &settings.producer_properties {
+            config.set(name, value);
+        }
         // At-least-once without duplicates from the producer's own retries, in order per
         // partition (idempotence implies acks=all).
         default(&mut config, "enable.idempotence", "true");

@@ -78,6 +78,10 @@ pub struct KafkaSettings {
     /// `sasl.mechanism`, `ssl.ca.location`, `linger.ms`, …). eventbus sets a few itself (see
     /// the crate documentation); these come after and win.
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (`EVENT_BUS_KAFKA_PRODUCER_<NAME>`).
+    pub producer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for consumers only (`EVENT_BUS_KAFKA_CONSUMER_<NAME>`).
+    pub consumer_properties: BTreeMap<String, String>,
     /// The schema registry; without one the Confluent framing cannot be written or read.
     pub schema_registry: Option<RegistrySettings>,
     /// Whether to create missing topics before first use (the brokers here do not).
@@ -98,6 +102,8 @@ impl KafkaSettings {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
             properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
             schema_registry: None,
             create_topics: true,
             topic_partitions: 8,
@@ -105,6 +111,20 @@ impl KafkaSettings {
             flush_timeout: Duration::from_secs(10),
             partition_buffer: 500,
         }
+    }
+
+    /// Sets a librdkafka property of the producer only.
+    #[must_use]
+    pub fn producer_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets a librdkafka property of the consumers only.
+    #[must_use]
+    pub fn consumer_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_properties.insert(name.into(), value.into());
+        self
     }
 
     /// Sets a librdkafka property.
@@ -169,9 +189,14 @@ impl KafkaSettings {
             if OWN_OPTIONS.contains(&name.as_str()) {
                 continue;
             }
-            settings
-                .properties
-                .insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
+            let (map, rest) = if let Some(rest) = rest.strip_prefix("PRODUCER_") {
+                (&mut settings.producer_properties, rest)
+            } else if let Some(rest) = rest.strip_prefix("CONSUMER_") {
+                (&mut settings.consumer_properties, rest)
+            } else {
+                (&mut settings.properties, rest)
+            };
+            map.insert(rest.to_ascii_lowercase().replace('_', "."), value.clone());
         }
         settings.check()?;
         Ok(settings)
@@ -203,14 +228,25 @@ impl KafkaSettings {
 
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect();
+        let masked = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            map.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        if is_secret(k) {
+                            "***".to_owned()
+                        } else {
+                            v.clone()
+                        },
+                    )
+                })
+                .collect()
+        };
         f.debug_struct("KafkaSettings")
             .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("properties", &properties)
+            .field("properties", &masked(&self.properties))
+            .field("producer_properties", &masked(&self.producer_properties))
+            .field("consumer_properties", &masked(&self.consumer_properties))
             .field("schema_registry", &self.schema_registry)
             .field("create_topics", &self.create_topics)
             .field("topic_partitions", &self.topic_partitions)
@@ -256,12 +292,16 @@ mod tests {
             .option("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_API_SECRET", "s")
             .option("EVENT_BUS_KAFKA_LINGER_MS", "5")
             .option("EVENT_BUS_KAFKA_TOPIC_PARTITIONS", "3")
+            .option("EVENT_BUS_KAFKA_PRODUCER_BATCH_NUM_MESSAGES", "1")
+            .option("EVENT_BUS_KAFKA_CONSUMER_FETCH_WAIT_MAX_MS", "50")
             .option("EVENT_BUS_REDIS_STREAM_MAX_LEN", "7");
         let s = KafkaSettings::from_config(&config).unwrap();
         assert_eq!(s.bootstrap_servers, "a:9092,b:9093");
         assert_eq!(s.topic_partitions, 3);
         assert_eq!(s.properties.get("linger.ms").map(String::as_str), Some("5"));
         assert_eq!(s.properties.len(), 1, "{:?}", s.properties);
+        assert_eq!(s.producer_properties["batch.num.messages"], "1");
+        assert_eq!(s.consumer_properties["fetch.wait.max.ms"], "50");
         let registry = s.schema_registry.clone().unwrap();
         assert_eq!(registry.url, "http://registry:8081");
         assert_eq!(registry.username.as_deref(), Some("k"));

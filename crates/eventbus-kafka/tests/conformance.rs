@@ -10,7 +10,7 @@ pub fn settings(bootstrap: &str) -> KafkaSettings {
         // tansu 0.6.0 answers a fetch from an offset inside a record batch with nothing (only a
         // batch's first offset works), so a group resuming mid-batch would stall. One message
         // per batch keeps every offset a batch start. Apache Kafka needs no such setting.
-        .property("batch.num.messages", "1")
+        .producer_property("batch.num.messages", "1")
         .property("session.timeout.ms", "6000")
         .property("heartbeat.interval.ms", "500")
         .property("topic.metadata.refresh.interval.ms", "1000");

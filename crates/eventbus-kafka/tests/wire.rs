@@ -25,7 +25,7 @@ async fn bus(broker: &BrokerProcess, registry: &RegistryServer) -> eventbus::Bus
             .option("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL", registry.url())
             .option("EVENT_BUS_KAFKA_TOPIC_PARTITIONS", "1")
             // tansu 0.6 cannot fetch from inside a record batch (see tests/conformance.rs).
-            .option("EVENT_BUS_KAFKA_BATCH_NUM_MESSAGES", "1")
+            .option("EVENT_BUS_KAFKA_PRODUCER_BATCH_NUM_MESSAGES", "1")
             .topic_prefix("dev")
             .service_name("lms"),
     )

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventbus_core::serializer::SerializerKind;
-use eventbus_core::{
-    Bus, BusConfig, Envelope, Event, EventMetadata, Headers, Message, Subscription, Transport,
-};
+use eventbus_core::{Bus, BusConfig, Envelope, Message, Subscription, Transport};
 use eventbus_redis::RedisSettings;
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
-use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted, SAMPLE_LOGIN_DATUM};
+use eventbus_testkit::openedx::{
+    sample_login, sample_login_message, SessionLoginCompleted, SAMPLE_LOGIN_DATUM,
+};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 
@@ -35,24 +35,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// One event as the producer builds it: CloudEvents headers and the Avro datum.
-fn sample_message() -> Message {
-    let mut metadata = EventMetadata::new(
-        SessionLoginCompleted::EVENT_TYPE,
-        0,
-        "openedx/lms/web",
-        "bench-host",
-    );
-    metadata.content_type = "application/avro".into();
-    let mut headers = Headers::new();
-    metadata.write_headers(&mut headers);
-    Message {
-        key: None,
-        payload: SAMPLE_LOGIN_DATUM.to_vec().into(),
-        headers,
-    }
 }
 
 /// The batches one round publishes, built before the clock starts, for either side.
@@ -261,7 +243,7 @@ async fn main() {
     settings.stream_max_len = MAX_LEN;
     settings.read_count = READ_COUNT;
     let transport = eventbus_redis::connect(settings).await.expect("connect");
-    let message = sample_message();
+    let message = sample_login_message(SAMPLE_LOGIN_DATUM.to_vec());
 
     let bus = Bus::with_transport(transport.clone(), SerializerKind::Avro, BusConfig::new());
 

@@ -5,7 +5,7 @@
 //! bare Avro datum the Python producer writes, encoded by hand so that a test does not check the
 //! encoder against itself.
 
-use eventbus_core::{AvroRecord, Event};
+use eventbus_core::{AvroRecord, Event, EventMetadata, Headers, Message};
 use serde::{Deserialize, Serialize};
 
 /// Open edX's `UserPersonalData`.
@@ -56,6 +56,26 @@ pub fn sample_login() -> SessionLoginCompleted {
 /// [`sample_login`] as a bare Avro datum, from the Avro specification: zig-zag varint longs (7 is
 /// `0x0e`), one byte per boolean, strings as a zig-zag length and UTF-8.
 pub const SAMPLE_LOGIN_DATUM: &[u8] = b"\x0e\x01\x06ada\x1eada@example.org\x18Ada Lovelace";
+
+/// A login as a ready message, the way a producer of Open edX's services builds it: the
+/// CloudEvents headers of a fresh event from `openedx/lms/web` and `payload` as its value (the
+/// bare datum for Redis, the Confluent-framed one for Kafka). For benchmarks and wire tests.
+pub fn sample_login_message(payload: Vec<u8>) -> Message {
+    let mut metadata = EventMetadata::new(
+        SessionLoginCompleted::EVENT_TYPE,
+        0,
+        "openedx/lms/web",
+        "bench-host",
+    );
+    metadata.content_type = "application/avro".into();
+    let mut headers = Headers::new();
+    metadata.write_headers(&mut headers);
+    Message {
+        key: None,
+        payload: payload.into(),
+        headers,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,9 @@ impl KafkaSubscriber {
 
     fn consumer(&self, subscription: &Subscription) -> Result<KafkaConsumer> {
         let mut config = base_config(&self.settings);
+        for (name, value) in &self.settings.consumer_properties {
+            config.set(name, value);
+        }
         config.set("group.id", &subscription.group);
         config.set("client.id", &subscription.consumer);
         // Offsets are stored only after success; auto-commit sends what was stored.

@@ -6,12 +6,15 @@
 //!
 //! The command gets `EVENT_BUS_URL` pointing at the broker; its exit code is passed on. This is
 //! how the test script runs the examples against real brokers without starting any by hand.
+//!
+//! `kafka` starts tansu and, when the testkit is built with its `registry` feature, the schema
+//! registry fixture too, exported as `EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL`.
 
 use std::process::ExitCode;
 
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 
-const USAGE: &str = "usage: with-broker <redis> -- <command> [args…]";
+const USAGE: &str = "usage: with-broker <redis|kafka> -- <command> [args…]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -29,6 +32,7 @@ async fn main() -> ExitCode {
     };
     let (spec, scheme) = match broker {
         "redis" => (BrokerSpec::redis(), "redis"),
+        "kafka" => (BrokerSpec::tansu(), "kafka"),
         other => {
             eprintln!("with-broker: unknown broker `{other}`; {USAGE}");
             return ExitCode::from(2);
@@ -43,11 +47,26 @@ async fn main() -> ExitCode {
     };
     let url = format!("{scheme}://{}", server.addr());
     eprintln!("with-broker: {broker} at {url}");
-    let status = tokio::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env("EVENT_BUS_URL", &url)
-        .status()
-        .await;
+    let mut child = tokio::process::Command::new(&command[0]);
+    child.args(&command[1..]).env("EVENT_BUS_URL", &url);
+    #[cfg(feature = "registry")]
+    let _registry = if broker == "kafka" {
+        let registry = match eventbus_testkit::registry::RegistryServer::start().await {
+            Ok(registry) => registry,
+            Err(e) => {
+                eprintln!("with-broker: cannot start the schema registry fixture: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("with-broker: schema registry at {}", registry.url());
+        child.env("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL", registry.url());
+        // tansu 0.6 cannot fetch from inside a record batch: one message per batch.
+        child.env("EVENT_BUS_KAFKA_PRODUCER_BATCH_NUM_MESSAGES", "1");
+        Some(registry)
+    } else {
+        None
+    };
+    let status = child.status().await;
     if let Err(e) = server.stop().await {
         eprintln!("with-broker: stopping {broker} failed: {e}");
     }
