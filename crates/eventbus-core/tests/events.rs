@@ -149,7 +149,11 @@ fn avro_json_and_confluent_round_trip() {
 fn confluent_without_a_registered_id_says_what_to_do() {
     let serializer = ConfluentAvroSerializer::new(Arc::new(SchemaStore::new()));
     let err = encode_event(&serializer, "t", &enrollment()).unwrap_err();
-    assert!(err.to_string().contains("register the schema"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL"),
+        "{err}"
+    );
     let err = decode_event::<CourseEnrollmentCreated>(&serializer, "t", &[1, 2], None).unwrap_err();
     assert!(err.to_string().contains("Confluent framing"), "{err}");
 }

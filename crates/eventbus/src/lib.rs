@@ -95,7 +95,9 @@ mod tests {
         assert_eq!(err.kind(), super::ErrorKind::UnknownBackend);
         let text = err.to_string();
         assert!(text.contains("`nosuch`"), "{text}");
-        assert!(text.contains("compiled in: memory"), "{text}");
+        // Which backends are compiled in depends on the features this test was built with.
+        let compiled = text.split("compiled in: ").nth(1).unwrap_or_default();
+        assert!(compiled.contains("memory"), "{text}");
     }
 
     #[tokio::test]
