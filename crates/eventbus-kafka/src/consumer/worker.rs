@@ -175,12 +175,25 @@ impl Worker {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                 Err(e) => tracing::warn!(error = %e, "committing on close failed; some messages may come again"),
             }
-            // Leave the group now, serving the rebalance it causes, so that others take over
-            // at once; then destroy the client where nobody waits for it (librdkafka may take
-            // seconds to stop its broker threads).
+            // Leave the group first and serve the revocation it causes until the assignment is
+            // gone: closing while assignment work is in flight trips an assertion in librdkafka
+            // 2.5+ that aborts the process (confluentinc/librdkafka#4792).
+            let started = Instant::now();
+            consumer.unsubscribe();
+            while started.elapsed() < CLOSE_TIMEOUT {
+                let _ = consumer.poll(Duration::from_millis(50));
+                if consumer.assignment().map_or(true, |a| a.count() == 0) {
+                    break;
+                }
+            }
+            // Let the commit that unassignment sends come back.
+            for _ in 0..4 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            // Then close, so that others take over at once, and destroy the client where
+            // nobody waits for it (librdkafka may take seconds to stop its broker threads).
             if consumer.close_queue().is_ok() {
-                let started = Instant::now();
-                while !consumer.closed() && started.elapsed() < CLOSE_TIMEOUT {
+                while !consumer.closed() && started.elapsed() < CLOSE_TIMEOUT * 2 {
                     let _ = consumer.poll(Duration::from_millis(50));
                 }
             }
