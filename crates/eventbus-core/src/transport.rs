@@ -171,6 +171,18 @@ impl Subscription {
         self.start = Some(start);
         self
     }
+
+    /// Refuses a subscription no backend can serve: without topics or without a group.
+    pub fn check(&self) -> Result<()> {
+        if self.topics.is_empty() || self.group.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Subscribe,
+                "a subscription needs at least one topic and a group name",
+            )
+            .with("group", &self.group));
+        }
+        Ok(())
+    }
 }
 
 /// Acknowledges one delivery to its broker. Implemented by backends.
@@ -301,4 +313,56 @@ pub fn closed_error(what: &str) -> Error {
         ErrorKind::Closed,
         format!("the {what} was closed; create a new one to go on"),
     )
+}
+
+/// How long a backend waits before reconnecting after its `failures`-th failure in a row:
+/// 100 ms doubling to 5 s. One schedule for every backend's reconnect loop.
+pub fn reconnect_delay(failures: u32) -> Duration {
+    const RECONNECT: crate::consumer::RetryPolicy = crate::consumer::RetryPolicy {
+        max_attempts: u32::MAX,
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(5),
+    };
+    RECONNECT.delay(failures.max(1))
+}
+
+/// The close rule every publisher follows: a publish after close fails with
+/// [`ErrorKind::Closed`], and close returns only once the publishes in flight have their answer.
+#[derive(Debug, Default)]
+pub struct PublishGate {
+    closed: std::sync::atomic::AtomicBool,
+    in_flight: tokio::sync::RwLock<()>,
+}
+
+impl PublishGate {
+    /// An open gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Admits one publish to `topic` for as long as the guard lives, or fails if closed; `what`
+    /// names the publisher in the error.
+    pub async fn enter(
+        &self,
+        what: &str,
+        topic: &str,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let guard = self.in_flight.read().await;
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(closed_error(what).with("topic", topic));
+        }
+        Ok(guard)
+    }
+
+    /// Waits until every publish admitted so far has finished.
+    pub async fn drain(&self) {
+        drop(self.in_flight.write().await);
+    }
+
+    /// Refuses new publishes and waits for those in flight.
+    pub async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.drain().await;
+    }
 }

@@ -1,17 +1,15 @@
 //! Publishing: one idempotent producer per bus; a batch is enqueued at once and resolves when
 //! the brokers acknowledged every message, each with its partition and offset.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventbus_core::transport::closed_error;
+use eventbus_core::transport::PublishGate;
 use eventbus_core::{Error, ErrorKind, Message, Position, Publisher, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use tokio::sync::RwLock;
 
 use crate::client::{base_config, default, describe, failed, Topics};
 use crate::KafkaSettings;
@@ -22,16 +20,14 @@ pub(crate) struct KafkaPublisher {
     producer: FutureProducer,
     topics: Arc<Topics>,
     flush_timeout: Duration,
-    closed: Arc<AtomicBool>,
-    /// Held shared by every publish in flight; close takes it exclusively.
-    in_flight: Arc<RwLock<()>>,
+    gate: Arc<PublishGate>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaPublisher")
             .field("topics", &self.topics)
-            .field("closed", &self.closed)
+            .field("gate", &self.gate)
             .finish_non_exhaustive()
     }
 }
@@ -54,8 +50,7 @@ impl KafkaPublisher {
             producer,
             topics,
             flush_timeout: settings.flush_timeout,
-            closed: Arc::new(AtomicBool::new(false)),
-            in_flight: Arc::new(RwLock::new(())),
+            gate: Arc::new(PublishGate::new()),
         })
     }
 
@@ -96,10 +91,7 @@ impl KafkaPublisher {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, topic: &str, batch: Vec<Message>) -> Result<Vec<Position>> {
-        let _guard = self.in_flight.read().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(closed_error("Kafka publisher").with("topic", topic));
-        }
+        let _admitted = self.gate.enter("Kafka publisher", topic).await?;
         self.topics.ensure(&[topic]).await?;
         let mut deliveries = Vec::with_capacity(batch.len());
         for message in &batch {
@@ -144,9 +136,8 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
         // Every publish in flight returns only once acknowledged; then flush what is left.
-        drop(self.in_flight.write().await);
+        self.gate.close().await;
         self.flush().await.map_err(|e| {
             Error::new(
                 ErrorKind::Publish,

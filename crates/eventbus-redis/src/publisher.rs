@@ -1,12 +1,9 @@
 //! Publishing: one pipelined `XADD … MAXLEN ~ N` per message, one round trip per batch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use async_trait::async_trait;
-use eventbus_core::transport::closed_error;
+use eventbus_core::transport::PublishGate;
 use eventbus_core::{ErrorKind, Message, Position, Publisher, Result};
 use redis::aio::ConnectionManager;
-use tokio::sync::RwLock;
 
 use crate::conn::failed;
 use crate::entry;
@@ -16,10 +13,7 @@ use crate::entry;
 pub(crate) struct RedisPublisher {
     conn: ConnectionManager,
     max_len: usize,
-    closed: AtomicBool,
-    /// Held shared by every publish in flight; close takes it exclusively, so it returns only
-    /// after every accepted publish has its answer.
-    in_flight: RwLock<()>,
+    gate: PublishGate,
 }
 
 impl RedisPublisher {
@@ -27,8 +21,7 @@ impl RedisPublisher {
         Self {
             conn,
             max_len,
-            closed: AtomicBool::new(false),
-            in_flight: RwLock::new(()),
+            gate: PublishGate::new(),
         }
     }
 }
@@ -52,10 +45,7 @@ pub fn append_pipeline(stream: &str, batch: &[Message], max_len: usize) -> Resul
 #[async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, topic: &str, batch: Vec<Message>) -> Result<Vec<Position>> {
-        let _guard = self.in_flight.read().await;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(closed_error("Redis publisher").with("topic", topic));
-        }
+        let _admitted = self.gate.enter("Redis publisher", topic).await?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -69,12 +59,12 @@ impl Publisher for RedisPublisher {
 
     async fn flush(&self) -> Result<()> {
         // Each publish returns only once Redis has answered; waiting for those in flight is all.
-        drop(self.in_flight.write().await);
+        self.gate.drain().await;
         Ok(())
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
-        self.flush().await
+        self.gate.close().await;
+        Ok(())
     }
 }

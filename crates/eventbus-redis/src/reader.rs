@@ -26,6 +26,7 @@ use crate::entry;
 use crate::reply::{oldest_first, split_id, AutoClaimReply, ClaimReply, Entry, ReadReply};
 use crate::subscriber::ensure_group;
 use crate::RedisSettings;
+use eventbus_core::transport::reconnect_delay;
 
 type Sender = mpsc::Sender<Result<Delivery>>;
 
@@ -102,7 +103,7 @@ impl Reader {
 
     async fn serve(&mut self, connection: MultiplexedConnection, tx: &Sender) {
         let mut connection = Some(connection);
-        let mut backoff = Backoff::default();
+        let mut failures = 0u32;
         let mut recovered = false;
         let mut next_claim = Instant::now();
         loop {
@@ -123,9 +124,10 @@ impl Reader {
                 self.read_new(conn, tx).await
             };
             match step.await {
-                Ok(()) => backoff.reset(),
+                Ok(()) => failures = 0,
                 Err(e) => {
-                    let wait = backoff.next();
+                    failures = failures.saturating_add(1);
+                    let wait = reconnect_delay(failures);
                     tracing::warn!(error = %e, retry_in = ?wait, group = %self.shared.group, "Redis reader failed; retrying");
                     if e.context("redis_code") == Some("NOGROUP") {
                         // The stream or group vanished (a server that kept no data): create
@@ -427,24 +429,6 @@ fn read_failed(what: &'static str, e: redis::RedisError) -> eventbus_core::Error
     }
 }
 
-/// Exponential backoff between reconnection attempts: 100 ms doubling to 5 s.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        let ms = 100u64.saturating_mul(1 << self.failures.min(7).saturating_sub(1));
-        Duration::from_millis(ms.min(5_000))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,11 +440,11 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_a_cap_and_resets() {
-        let mut b = Backoff::default();
-        let waits: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+    fn reconnects_back_off_to_a_cap_and_start_over() {
+        let waits: Vec<u64> = (1..=8)
+            .map(|n| reconnect_delay(n).as_millis() as u64)
+            .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(1), Duration::from_millis(100));
     }
 }

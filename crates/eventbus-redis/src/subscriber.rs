@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use eventbus_core::transport::closed_error;
-use eventbus_core::{
-    DeliveryStream, Error, ErrorKind, Result, StartPosition, Subscriber, Subscription,
-};
+use eventbus_core::{DeliveryStream, ErrorKind, Result, StartPosition, Subscriber, Subscription};
 use redis::aio::ConnectionManager;
 use redis::Client;
 use tokio::sync::watch;
@@ -45,12 +43,7 @@ impl Subscriber for RedisSubscriber {
         if *self.closed.borrow() {
             return Err(closed_error("Redis subscriber"));
         }
-        if subscription.topics.is_empty() || subscription.group.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Subscribe,
-                "a Redis subscription needs at least one topic and a group name",
-            ));
-        }
+        subscription.check()?;
         if let Some(StartPosition::At(id)) = &subscription.start {
             crate::reply::check_id(id)?;
         }

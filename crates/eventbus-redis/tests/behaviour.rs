@@ -22,6 +22,15 @@ fn fast(url: String) -> RedisSettings {
     s
 }
 
+/// A fresh redis-server and a transport on it with the quick settings.
+async fn started() -> (BrokerProcess, eventbus::Transport) {
+    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
+    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
+        .await
+        .unwrap();
+    (server, transport)
+}
+
 async fn next(stream: &mut eventbus::DeliveryStream) -> eventbus::Delivery {
     tokio::time::timeout(WAIT, stream.next())
         .await
@@ -32,10 +41,7 @@ async fn next(stream: &mut eventbus::DeliveryStream) -> eventbus::Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_dead_member_are_taken_over_with_their_delivery_count() {
-    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
-    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
-        .await
-        .unwrap();
+    let (server, transport) = started().await;
     transport
         .publisher
         .publish("orders", vec![message("orphan")])
@@ -306,10 +312,7 @@ async fn rediss_urls_speak_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_recreates_a_group_that_vanished() {
-    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
-    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
-        .await
-        .unwrap();
+    let (server, transport) = started().await;
     let mut stream = transport
         .subscriber
         .subscribe(Subscription::new("audit", "g", "reader"))
@@ -334,10 +337,7 @@ async fn a_reader_recreates_a_group_that_vanished() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_position_that_is_no_stream_id_is_refused_before_redis_sees_it() {
-    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
-    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
-        .await
-        .unwrap();
+    let (_server, transport) = started().await;
     let subscription = Subscription::new("t", "g", "c")
         .starting_at(eventbus::StartPosition::At("last tuesday".into()));
     let error = match transport.subscriber.subscribe(subscription).await {
@@ -357,10 +357,7 @@ async fn dead_member_then_failing_receiver(extra_deliveries: u32) -> (usize, Str
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    let server = BrokerProcess::start(BrokerSpec::redis()).await.unwrap();
-    let transport = eventbus_redis::connect(fast(format!("redis://{}", server.addr())))
-        .await
-        .unwrap();
+    let (server, transport) = started().await;
     let config = BusConfig::new().consumer(|c| {
         c.retry.max_attempts = 2;
         c.retry.base = Duration::from_millis(10);

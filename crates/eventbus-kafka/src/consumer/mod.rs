@@ -65,12 +65,7 @@ impl Subscriber for KafkaSubscriber {
         if *self.closed.borrow() {
             return Err(closed_error("Kafka subscriber"));
         }
-        if subscription.topics.is_empty() || subscription.group.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Subscribe,
-                "a Kafka subscription needs at least one topic and a group name",
-            ));
-        }
+        subscription.check()?;
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         self.topics.ensure(&topics).await?;
         let consumer = self.consumer(&subscription)?;

@@ -163,7 +163,7 @@ impl Worker {
             // Broker trouble shows up here; librdkafka reconnects by itself.
             *failures = failures.saturating_add(1);
             tracing::warn!(error = %error, "Kafka consumer error; polling on");
-            tokio::time::sleep(Duration::from_millis(100 * u64::from((*failures).min(20)))).await;
+            tokio::time::sleep(eventbus_core::transport::reconnect_delay(*failures)).await;
         }
     }
 

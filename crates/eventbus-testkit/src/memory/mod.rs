@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use eventbus_core::registry::BackendConfig;
 use eventbus_core::serializer::SerializerKind;
-use eventbus_core::transport::closed_error;
+use eventbus_core::transport::{closed_error, PublishGate};
 use eventbus_core::{
     BackendFactory, DeliveryStream, Error, ErrorKind, Guarantees, Message, Position, Publisher,
     Result, Subscriber, Subscription, Transport,
@@ -118,7 +118,7 @@ impl MemoryBroker {
             backend: NAME,
             publisher: Arc::new(MemoryPublisher {
                 broker: self.clone(),
-                closed: Default::default(),
+                gate: PublishGate::new(),
             }),
             subscriber: Arc::new(MemorySubscriber {
                 broker: self.clone(),
@@ -133,15 +133,13 @@ impl MemoryBroker {
 #[derive(Debug)]
 struct MemoryPublisher {
     broker: MemoryBroker,
-    closed: std::sync::atomic::AtomicBool,
+    gate: PublishGate,
 }
 
 #[async_trait]
 impl Publisher for MemoryPublisher {
     async fn publish(&self, topic: &str, batch: Vec<Message>) -> Result<Vec<Position>> {
-        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(closed_error("memory publisher").with("topic", topic));
-        }
+        let _admitted = self.gate.enter("memory publisher", topic).await?;
         Ok(self.broker.append(topic, batch))
     }
 
@@ -151,8 +149,7 @@ impl Publisher for MemoryPublisher {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.gate.close().await;
         Ok(())
     }
 }
