@@ -91,8 +91,12 @@ pub struct BackendFactory {
 inventory::collect!(BackendFactory);
 
 /// Every backend eventbus knows, with the Cargo feature of the `eventbus` crate that adds it.
-pub const KNOWN_BACKENDS: &[(&str, &str)] =
-    &[("kafka", "kafka"), ("memory", "memory"), ("redis", "redis")];
+pub const KNOWN_BACKENDS: &[(&str, &str)] = &[
+    ("kafka", "kafka"),
+    ("memory", "memory"),
+    ("pulsar", "pulsar"),
+    ("redis", "redis"),
+];
 
 /// Every backend compiled into this binary, sorted by name.
 pub fn available() -> Vec<&'static BackendFactory> {

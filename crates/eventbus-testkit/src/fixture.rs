@@ -82,6 +82,68 @@ impl BrokerSpec {
     }
 }
 
+impl BrokerSpec {
+    /// A `pulsar-lite` broker (Pulsar protocol, from the Python package `pulsar-lite`) keeping
+    /// its data in RocksDB in the data directory, so it survives a restart. Its metrics
+    /// endpoint, which would take port 8080, is switched off.
+    ///
+    /// The program is `$PULSAR_LITE_BINARY` when set, else `pulsar-lite` on `PATH`, else the
+    /// binary inside the installed Python package. Clients built on the `pulsar` crate need
+    /// [`PulsarFrameProxy`](crate::pulsar_proxy::PulsarFrameProxy) in front of it.
+    pub fn pulsar_lite() -> Self {
+        Self {
+            name: "pulsar-lite",
+            program: pulsar_lite_program(),
+            args: pulsar_lite_args,
+            extra_ports: 0,
+            startup_timeout: Duration::from_secs(30),
+            install_hint: "pip install pulsar-lite",
+        }
+    }
+}
+
+fn pulsar_lite_program() -> String {
+    if let Some(path) = std::env::var_os("PULSAR_LITE_BINARY") {
+        return path.to_string_lossy().into_owned();
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("pulsar-lite").is_file())
+    });
+    if on_path {
+        return "pulsar-lite".to_owned();
+    }
+    // pip puts the broker inside the package, not on PATH.
+    let finder = "from pulsar_lite.binary_finder import find_pulsar_lite_binary as f; print(f())";
+    std::process::Command::new("python3")
+        .args(["-c", finder])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|path| path.trim().to_owned())
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| "pulsar-lite".to_owned())
+}
+
+fn pulsar_lite_args(ctx: &LaunchContext) -> Vec<String> {
+    // The broker reads a TOML file only; the one setting needed is metrics off. Should the
+    // write fail, the broker still starts, with metrics on port 8080.
+    let config = ctx.data_dir.join("pulsar-lite.toml");
+    if let Err(e) = std::fs::write(&config, "[metrics]\nenabled = false\n") {
+        tracing::warn!(error = %e, "cannot write the pulsar-lite configuration");
+    }
+    [
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--addr".to_owned(),
+        format!("127.0.0.1:{}", ctx.port),
+        "--db-path".to_owned(),
+        ctx.data_dir.join("db").display().to_string(),
+    ]
+    .to_vec()
+}
+
 fn tansu_args(ctx: &LaunchContext) -> Vec<String> {
     let url = format!("tcp://127.0.0.1:{}", ctx.port);
     [

@@ -8,5 +8,6 @@ pub mod conformance;
 pub mod fixture;
 pub mod memory;
 pub mod openedx;
+pub mod pulsar_proxy;
 #[cfg(feature = "registry")]
 pub mod registry;

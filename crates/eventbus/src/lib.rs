@@ -41,6 +41,7 @@
 //! |---|---|---|
 //! | `memory` (default) | in-process, for development and tests | `memory://` |
 //! | `kafka` | Kafka with Avro in Confluent framing and a schema registry (the `eventbus-kafka` crate, re-exported as `kafka`) | `kafka://` |
+//! | `pulsar` | Apache Pulsar, CloudEvents attributes as message properties (the `eventbus-pulsar` crate, re-exported as `pulsar`) | `pulsar://`, `pulsar+ssl://` |
 //! | `redis` | Redis Streams (the `eventbus-redis` crate, re-exported as `redis`) | `redis://`, `rediss://` |
 //!
 //! A backend that is not compiled in is reported by name with the feature that adds it.
@@ -57,6 +58,10 @@ pub use eventbus_testkit::memory;
 #[cfg(feature = "kafka")]
 pub use eventbus_kafka as kafka;
 
+/// The Pulsar backend.
+#[cfg(feature = "pulsar")]
+pub use eventbus_pulsar as pulsar;
+
 /// The Redis Streams backend.
 #[cfg(feature = "redis")]
 pub use eventbus_redis as redis;
@@ -70,6 +75,8 @@ pub fn link_backends() {
     eventbus_redis::register();
     #[cfg(feature = "kafka")]
     eventbus_kafka::register();
+    #[cfg(feature = "pulsar")]
+    eventbus_pulsar::register();
 }
 
 /// Connects the backend `config` selects.
