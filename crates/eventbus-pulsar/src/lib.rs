@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod departures;
 mod publisher;
 mod reader;
 mod settings;

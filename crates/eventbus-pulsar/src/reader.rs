@@ -2,7 +2,9 @@
 //! deliveries and carries their acks and nacks back to it.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,12 +13,13 @@ use eventbus_core::transport::Acknowledge;
 use eventbus_core::{
     Delivery, DeliveryStream, Error, ErrorKind, Headers, Message, Position, Result,
 };
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use pulsar::consumer::Message as PulsarMessage;
 use pulsar::proto::MessageIdData;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{failed, format_id};
+use crate::departures::{GroupKey, Membership};
 use crate::subscriber::PulsarConsumer;
 use crate::PulsarSettings;
 
@@ -37,7 +40,7 @@ impl Target {
     }
 }
 
-/// Tells an acker that its ack reached the broker.
+/// Tells an acker that its ack went out to the broker, or why not.
 type Receipt = tokio::sync::oneshot::Sender<Result<()>>;
 
 #[derive(Debug)]
@@ -51,6 +54,7 @@ pub(crate) struct Reader {
     consumer: PulsarConsumer,
     /// The topic as the application named it.
     name: String,
+    membership: Membership,
     settings: Arc<PulsarSettings>,
     commands: mpsc::UnboundedSender<Command>,
     // The client does not pass on the broker's redelivery count, so the reader counts the
@@ -62,25 +66,27 @@ impl Reader {
     /// Starts a task per topic consumer; their deliveries merge into one stream, which ends
     /// when every task has ended.
     pub(crate) fn start(
-        consumers: Vec<(PulsarConsumer, String)>,
+        consumers: Vec<(PulsarConsumer, String, GroupKey)>,
         settings: Arc<PulsarSettings>,
         closed: watch::Receiver<bool>,
     ) -> DeliveryStream {
         let (tx, rx) = mpsc::channel(HANDED_OUT);
-        for (consumer, name) in consumers {
+        let mut members = Vec::with_capacity(consumers.len());
+        for (consumer, name, key) in consumers {
             let (commands, command_rx) = mpsc::unbounded_channel();
+            let membership = Membership::new(key);
+            members.push(membership.clone());
             let reader = Self {
                 consumer,
                 name,
+                membership,
                 settings: settings.clone(),
                 commands,
                 nacks: HashMap::new(),
             };
             tokio::spawn(reader.run(tx.clone(), command_rx, closed.clone()));
         }
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }))
+        Box::pin(Deliveries { rx, members })
     }
 
     async fn run(
@@ -95,7 +101,7 @@ impl Reader {
                 biased;
                 () = until_closed(&mut closed) => break,
                 () = tx.closed() => break,
-                Some(command) = command_rx.recv() => self.apply_all(command, &mut command_rx).await,
+                Some(command) = command_rx.recv() => self.apply(command).await,
                 permit = tx.reserve(), if pending.is_some() => match (permit, pending.take()) {
                     (Ok(permit), Some(item)) => permit.send(item),
                     _ => break,
@@ -108,61 +114,21 @@ impl Reader {
             }
         }
         // Acks sent before the stream went away still reach the broker before the close.
-        if let Ok(command) = command_rx.try_recv() {
-            self.apply_all(command, &mut command_rx).await;
+        while let Ok(command) = command_rx.try_recv() {
+            self.apply(command).await;
         }
         match tokio::time::timeout(self.settings.close_timeout, self.consumer.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "closing a Pulsar consumer failed"),
             Err(_) => tracing::warn!("closing a Pulsar consumer timed out"),
         }
+        self.membership.gone();
     }
 
-    /// Applies `first` and every command already queued behind it, then confirms the acks
-    /// among them with one round trip.
-    ///
-    /// Pulsar acks have no answer; a ping sent behind them on the same connection does, and
-    /// the broker handles a connection's commands in order. So an ack returns once the broker
-    /// has it, and a broker that stops right after loses none of them.
-    async fn apply_all(&mut self, first: Command, queue: &mut mpsc::UnboundedReceiver<Command>) {
-        let mut receipts = Vec::new();
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
-            if let Some(receipt) = self.apply(command).await {
-                receipts.push(receipt);
-            }
-            next = queue.try_recv().ok();
-        }
-        if receipts.is_empty() {
-            return;
-        }
-        let confirm = tokio::time::timeout(
-            self.settings.operation_timeout,
-            self.consumer.check_connection(),
-        );
-        let failure = match confirm.await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "no answer within {:?}",
-                self.settings.operation_timeout
-            )),
-        };
-        for receipt in receipts {
-            let outcome = match &failure {
-                None => Ok(()),
-                Some(why) => Err(Error::new(
-                    ErrorKind::Subscribe,
-                    format!("the broker did not confirm the acknowledgement ({why}); the message may come again"),
-                )
-                .temporary()),
-            };
-            let _ = receipt.send(outcome);
-        }
-    }
-
-    /// Hands one command to the consumer; an ack's receipt waits for the confirmation.
-    async fn apply(&mut self, command: Command) -> Option<Receipt> {
+    /// Hands one command to the consumer. An ack's receipt answers once the ack is on its way
+    /// to the broker: Pulsar acks have no answer, and a round trip per ack to confirm it would
+    /// cost the client's Nagle delay (about 40 ms) every time.
+    async fn apply(&mut self, command: Command) {
         let (result, receipt) = match command {
             Command::Ack(target, receipt) => {
                 self.nacks.remove(&target.key());
@@ -178,7 +144,10 @@ impl Reader {
             }
         };
         match (result, receipt) {
-            (Ok(()), receipt) => receipt,
+            (Ok(()), Some(receipt)) => {
+                let _ = receipt.send(Ok(()));
+            }
+            (Ok(()), None) => {}
             (Err(e), receipt) => {
                 // The message stays unacknowledged: the broker redelivers it once this
                 // consumer is gone, so nothing is lost.
@@ -191,7 +160,6 @@ impl Reader {
                 if let Some(receipt) = receipt {
                     let _ = receipt.send(Err(error));
                 }
-                None
             }
         }
     }
@@ -230,6 +198,28 @@ impl Reader {
     }
 }
 
+/// The deliveries of one subscription. Dropping it makes its members leave their groups.
+struct Deliveries {
+    rx: mpsc::Receiver<Result<Delivery>>,
+    members: Vec<Membership>,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        for member in &self.members {
+            member.leave();
+        }
+    }
+}
+
 /// Resolves once the subscriber is closed or gone.
 async fn until_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|c| *c).await.map(drop);
@@ -263,7 +253,7 @@ impl Acknowledge for Acker {
         confirmed.await.unwrap_or_else(|_| {
             Err(Error::new(
                 ErrorKind::Subscribe,
-                "the subscription closed before the broker confirmed the acknowledgement; the message may come again",
+                "the subscription closed before the acknowledgement went out; the message will come again",
             )
             .with("message", format_id(&self.target.id)))
         })

@@ -14,6 +14,7 @@ use pulsar::{Consumer, ConsumerOptions, TokioExecutor};
 use tokio::sync::watch;
 
 use crate::client::{failed, full_topic, parse_id, Client};
+use crate::departures::{wait_for_departures, GroupKey};
 use crate::reader::Reader;
 use crate::PulsarSettings;
 
@@ -160,15 +161,26 @@ impl Subscriber for PulsarSubscriber {
             .map(|t| (full_topic(&self.settings.namespace, t), t.clone()))
             .collect();
         // One consumer per topic: each topic seeks to its own position and acks its own ids.
+        let keys: Vec<GroupKey> = names
+            .keys()
+            .map(|full| {
+                (
+                    self.settings.url.clone(),
+                    full.clone(),
+                    subscription.group.clone(),
+                )
+            })
+            .collect();
+        wait_for_departures(&keys, self.settings.close_timeout).await;
         let mut consumers = Vec::with_capacity(names.len());
-        for (full, name) in names {
+        for (key, (full, name)) in keys.into_iter().zip(names) {
             let mut consumer = self.consumer(&subscription, &full).await?;
             if let Some(start) = &subscription.start {
                 self.seek(&mut consumer, start)
                     .await
                     .map_err(|e| e.with("topic", &name))?;
             }
-            consumers.push((consumer, name));
+            consumers.push((consumer, name, key));
         }
         Ok(Reader::start(
             consumers,

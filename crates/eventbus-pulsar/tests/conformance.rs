@@ -9,6 +9,8 @@ use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
 use tokio::sync::Mutex;
 
+const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn settings(url: &str, mode: GroupMode) -> PulsarSettings {
     let mut s = PulsarSettings::new(url);
     s.group_mode = mode;
@@ -32,7 +34,13 @@ async fn run_on_pulsar_lite(mode: GroupMode) -> usize {
     })
     .with_restart(move || {
         let broker = restart_broker.clone();
-        async move { broker.lock().await.restart().await }
+        async move {
+            // Pulsar acks have no answer: give the acks and the consumer close that the case
+            // sent just before a moment to arrive, as before any planned restart (the Kafka
+            // fault test waits the same second for its closing commit).
+            tokio::time::sleep(RESTART_GRACE).await;
+            broker.lock().await.restart().await
+        }
     });
     let report = Suite::new(target).run().await;
     println!("{report}");
@@ -63,4 +71,10 @@ async fn conformance_suite_on_the_broker_at_pulsar_url() {
     let report = Suite::new(target).run().await;
     println!("{report}");
     report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_groups_pass_the_conformance_suite_on_pulsar_lite() {
+    // Shared groups promise no order per key: three more cases are skipped.
+    assert_eq!(run_on_pulsar_lite(GroupMode::Shared).await, 4);
 }
