@@ -34,6 +34,15 @@ have redis-server || apt_install redis-server
 have make || apt_install make
 have g++ || apt_install g++
 have perl || apt_install perl
+# protoc: the `pulsar` crate compiles Pulsar's protocol definitions when it builds.
+have protoc || apt_install protobuf-compiler
+# pulsar-lite: a Pulsar-protocol broker shipped as a Python package, for the Pulsar backend's
+# tests (the testkit fixture finds its binary inside the package).
+if ! have pulsar-lite && ! python3 -c 'import pulsar_lite' >/dev/null 2>&1; then
+    have python3 || apt_install python3 python3-pip
+    python3 -m pip install --quiet pulsar-lite==0.2.0 \
+        || python3 -m pip install --quiet --break-system-packages pulsar-lite==0.2.0
+fi
 # tansu: a Kafka-protocol broker for the Kafka backend's tests (about 10 minutes to build once).
 have tansu || cargo install --locked tansu --version 0.6.0 --features dynostore
 
@@ -57,3 +66,7 @@ echo "example quickstart on redis: ok"
 cargo run --quiet --locked -p eventbus-testkit --features registry --bin with-broker -- kafka -- \
     cargo run --quiet --locked --example quickstart --features kafka >/dev/null
 echo "example quickstart on kafka: ok"
+# And against pulsar-lite, through the testkit's frame proxy.
+cargo run --quiet --locked -p eventbus-testkit --bin with-broker -- pulsar -- \
+    cargo run --quiet --locked --example quickstart --features pulsar >/dev/null
+echo "example quickstart on pulsar: ok"

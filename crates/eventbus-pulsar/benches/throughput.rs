@@ -1,1 +1,288 @@
-fn main() {}
+//! Publish and consume+ack throughput through eventbus against the raw `pulsar` crate doing the
+//! same work, on the same broker, in the same run.
+//!
+//! ```text
+//! cargo bench -p eventbus-pulsar --bench throughput
+//! ```
+//!
+//! The bench starts its own `pulsar-lite` (`pip install pulsar-lite`) and the testkit's frame
+//! proxy in front of it, which the `pulsar` crate needs to talk to pulsar-lite. Both sides go
+//! through the same proxy, so it costs both the same.
+//!
+//! Both sides publish an Open edX login event (the CloudEvents attributes as properties, the
+//! bare Avro datum as payload) in batches of 100 through a producer with the options eventbus
+//! uses ([`eventbus_pulsar::producer_options`]): every message of a batch is handed to the
+//! producer, then every receipt is awaited. The raw messages are built before the clock starts;
+//! eventbus converts its messages inside it. Each side's clock includes opening its producer (and
+//! subscribing, for the reads) but not closing it.
+//! Both then read their topic back in a new `Key_Shared` subscription from the earliest
+//! message with a receiver queue of 1000 and acknowledge each message: one awaited ack at a
+//! time, then (eventbus only; the raw client's ack only enqueues and has nothing to wait for)
+//! with up to 64 acks in flight, the raw side repeating its loop in another new subscription.
+//! Two more rows time the whole bus (typed events, Avro, the consumer runner), which has no raw
+//! counterpart. Every round uses fresh topics; rounds alternate raw and eventbus so that drift
+//! of the shared machine hits both, the best round of each counts, then the ratio eventbus /
+//! raw. `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale
+//! it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus_core::serializer::SerializerKind;
+use eventbus_core::{Bus, BusConfig, Envelope, Message, Subscription, Transport};
+use eventbus_pulsar::{producer_options, to_pulsar, PulsarSettings};
+use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
+use eventbus_testkit::openedx::{
+    sample_login, sample_login_message, SessionLoginCompleted, SAMPLE_LOGIN_DATUM,
+};
+use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use futures::StreamExt;
+use pulsar::consumer::InitialPosition;
+use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
+
+const BATCH: usize = 100;
+const IN_FLIGHT: usize = 64;
+const RECEIVER_QUEUE: u32 = 1000;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// The full name eventbus gives a bare topic in the default namespace.
+fn full(topic: &str) -> String {
+    format!("persistent://public/default/{topic}")
+}
+
+/// The batches one round publishes, built before the clock starts.
+fn batches(message: &Message, n: usize) -> Vec<Vec<Message>> {
+    (0..n / BATCH)
+        .map(|_| vec![message.clone(); BATCH])
+        .collect()
+}
+
+/// Opens a producer with eventbus's options, hands it each batch and awaits its receipts.
+async fn raw_publish(
+    client: &Pulsar<TokioExecutor>,
+    settings: &PulsarSettings,
+    topic: &str,
+    batches: Vec<Vec<pulsar::producer::Message>>,
+) -> pulsar::Producer<TokioExecutor> {
+    let mut producer = client
+        .producer()
+        .with_topic(full(topic))
+        .with_options(producer_options(settings))
+        .build()
+        .await
+        .expect("raw producer");
+    for batch in batches {
+        let mut receipts = Vec::with_capacity(batch.len());
+        for message in batch {
+            receipts.push(producer.send_non_blocking(message).await.expect("enqueue"));
+        }
+        for receipt in receipts {
+            receipt.await.expect("receipt");
+        }
+    }
+    producer
+}
+
+async fn bus_publish(transport: &Transport, topic: &str, batches: Vec<Vec<Message>>) {
+    for batch in batches {
+        let ids = transport
+            .publisher
+            .publish(topic, batch)
+            .await
+            .expect("eventbus publish");
+        assert_eq!(ids.len(), BATCH);
+    }
+}
+
+/// Subscribes a new group as eventbus does and acknowledges each message.
+async fn raw_consume(
+    client: &Pulsar<TokioExecutor>,
+    topic: &str,
+    group: &str,
+    n: usize,
+) -> Consumer<Vec<u8>, TokioExecutor> {
+    let options = ConsumerOptions::default()
+        .with_initial_position(InitialPosition::Earliest)
+        .with_receiver_queue_size(RECEIVER_QUEUE);
+    let mut consumer: Consumer<Vec<u8>, TokioExecutor> = client
+        .consumer()
+        .with_topic(full(topic))
+        .with_subscription(group)
+        .with_subscription_type(SubType::KeyShared)
+        .with_consumer_name("c")
+        .with_options(options)
+        .build()
+        .await
+        .expect("raw subscribe");
+    for _ in 0..n {
+        let message = consumer.next().await.expect("open").expect("message");
+        std::hint::black_box(&message.payload.data);
+        consumer.ack(&message).await.expect("raw ack");
+    }
+    consumer
+}
+
+/// Takes deliveries and acknowledges each, with up to `in_flight` acknowledgements at once.
+async fn bus_consume(transport: &Transport, topic: &str, group: &str, n: usize, in_flight: usize) {
+    let mut deliveries = transport
+        .subscriber
+        .subscribe(Subscription::new(topic, group, "c"))
+        .await
+        .expect("eventbus subscribe");
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for _ in 0..n {
+        let d = deliveries.next().await.expect("open").expect("delivery");
+        std::hint::black_box(&d.message.payload);
+        acks.push(d.ack());
+        if acks.len() >= in_flight {
+            acks.next().await.expect("one ack").expect("eventbus ack");
+        }
+    }
+    while let Some(acked) = acks.next().await {
+        acked.expect("eventbus ack");
+    }
+}
+
+/// The whole bus: typed events encoded to Avro and published in batches, then decoded and
+/// dispatched to a receiver by the core's consumer runner, which acknowledges each.
+async fn bus_end_to_end(bus: &Bus, topic: &str, n: usize) -> (f64, f64) {
+    let events = vec![sample_login(); BATCH];
+    let t = Instant::now();
+    for _ in 0..n / BATCH {
+        bus.producer()
+            .send_batch(topic, &events)
+            .await
+            .expect("send_batch");
+    }
+    let published = rate(n, t.elapsed());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (counter, finished) = (seen.clone(), done.clone());
+    let t = Instant::now();
+    let consumer = bus
+        .consumer(topic, "bus-e2e")
+        .handle(move |e: Envelope<SessionLoginCompleted>| {
+            std::hint::black_box(e.event());
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                finished.notify_one();
+            }
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await
+        .expect("start consumer");
+    done.notified().await;
+    let consumed = rate(n, t.elapsed());
+    consumer.shutdown().await.expect("shutdown");
+    (published, consumed)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_or("EVENTBUS_BENCH_MESSAGES", 20_000) / BATCH * BATCH;
+    let rounds = env_or("EVENTBUS_BENCH_ROUNDS", 3);
+    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+        .await
+        .expect("start pulsar-lite (pip install pulsar-lite)");
+    let proxy = PulsarFrameProxy::start(broker.addr())
+        .await
+        .expect("start the frame proxy");
+    let url = proxy.url();
+    let settings = PulsarSettings::new(&url);
+    let raw = Pulsar::builder(url.as_str(), TokioExecutor)
+        .build()
+        .await
+        .expect("raw client");
+    let transport = eventbus_pulsar::connect(settings.clone())
+        .await
+        .expect("connect");
+    let bus = Bus::with_transport(transport.clone(), SerializerKind::Avro, BusConfig::new());
+    let message = sample_login_message(SAMPLE_LOGIN_DATUM.to_vec());
+    let to_raw = |batches: Vec<Vec<Message>>| -> Vec<Vec<pulsar::producer::Message>> {
+        batches
+            .into_iter()
+            .map(|b| {
+                b.into_iter()
+                    .map(|m| to_pulsar(m).expect("to_pulsar"))
+                    .collect()
+            })
+            .collect()
+    };
+
+    // raw publish, bus publish, then per ack mode raw and bus consume, then bus end to end.
+    let mut best = [0f64; 8];
+    let mut keep = |i: usize, r: f64| best[i] = best[i].max(r);
+    for round in 0..rounds {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (raw_topic, bus_topic) = (format!("raw-{id}"), format!("bus-{id}"));
+        let (for_raw, for_bus) = (to_raw(batches(&message, n)), batches(&message, n));
+        let t = Instant::now();
+        let mut producer = raw_publish(&raw, &settings, &raw_topic, for_raw).await;
+        keep(0, rate(n, t.elapsed()));
+        producer.close().await.expect("close producer");
+        let t = Instant::now();
+        bus_publish(&transport, &bus_topic, for_bus).await;
+        keep(1, rate(n, t.elapsed()));
+        for (i, in_flight) in [(2, 1), (4, IN_FLIGHT)] {
+            let group = format!("acks-{in_flight}");
+            let t = Instant::now();
+            let mut consumer = raw_consume(&raw, &raw_topic, &group, n).await;
+            keep(i, rate(n, t.elapsed()));
+            consumer.close().await.expect("close consumer");
+            let t = Instant::now();
+            bus_consume(&transport, &bus_topic, &group, n, in_flight).await;
+            keep(i + 1, rate(n, t.elapsed()));
+        }
+        let (published, consumed) = bus_end_to_end(&bus, &format!("e2e-{id}"), n).await;
+        keep(6, published);
+        keep(7, consumed);
+        eprintln!("round {round} done");
+    }
+    println!(
+        "pulsar-lite through the frame proxy on loopback, {n} messages of {} bytes of Avro per round, best of {rounds} rounds",
+        SAMPLE_LOGIN_DATUM.len()
+    );
+    println!("| path | raw pulsar crate | eventbus | ratio |");
+    println!("|---|---|---|---|");
+    let row = |what: String, raw: f64, bus: f64| {
+        println!(
+            "| {what} | {raw:.0} msg/s | {bus:.0} msg/s | {:.2} |",
+            bus / raw
+        );
+    };
+    row(
+        format!("publish, batches of {BATCH}, all receipts awaited"),
+        best[0],
+        best[1],
+    );
+    row(
+        "consume + ack, one awaited ack at a time".to_owned(),
+        best[2],
+        best[3],
+    );
+    row(
+        format!("consume + ack, up to {IN_FLIGHT} eventbus acks in flight"),
+        best[4],
+        best[5],
+    );
+    println!(
+        "| whole bus: send_batch of typed events (Avro encode) | | {:.0} events/s | |",
+        best[6]
+    );
+    println!(
+        "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {:.0} events/s | |",
+        best[7]
+    );
+    println!("proxy: {:?}", proxy.stats());
+}

@@ -8,13 +8,16 @@
 //! how the test script runs the examples against real brokers without starting any by hand.
 //!
 //! `kafka` starts tansu and, when the testkit is built with its `registry` feature, the schema
-//! registry fixture too, exported as `EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL`.
+//! registry fixture too, exported as `EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL`. `pulsar` starts
+//! pulsar-lite with the frame proxy in front (see `eventbus_testkit::pulsar_proxy`) and points
+//! `EVENT_BUS_URL` at the proxy.
 
 use std::process::ExitCode;
 
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
+use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
 
-const USAGE: &str = "usage: with-broker <redis|kafka> -- <command> [args…]";
+const USAGE: &str = "usage: with-broker <redis|kafka|pulsar> -- <command> [args…]";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -33,6 +36,7 @@ async fn main() -> ExitCode {
     let (spec, scheme) = match broker {
         "redis" => (BrokerSpec::redis(), "redis"),
         "kafka" => (BrokerSpec::tansu(), "kafka"),
+        "pulsar" => (BrokerSpec::pulsar_lite(), "pulsar"),
         other => {
             eprintln!("with-broker: unknown broker `{other}`; {USAGE}");
             return ExitCode::from(2);
@@ -45,7 +49,21 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = format!("{scheme}://{}", server.addr());
+    // The `pulsar` crate needs the frame proxy in front of pulsar-lite.
+    let proxy = match broker {
+        "pulsar" => match PulsarFrameProxy::start(server.addr()).await {
+            Ok(proxy) => Some(proxy),
+            Err(e) => {
+                eprintln!("with-broker: cannot start the Pulsar frame proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let url = match &proxy {
+        Some(proxy) => proxy.url(),
+        None => format!("{scheme}://{}", server.addr()),
+    };
     eprintln!("with-broker: {broker} at {url}");
     let mut child = tokio::process::Command::new(&command[0]);
     child.args(&command[1..]).env("EVENT_BUS_URL", &url);
@@ -67,6 +85,7 @@ async fn main() -> ExitCode {
         None
     };
     let status = child.status().await;
+    drop(proxy);
     if let Err(e) = server.stop().await {
         eprintln!("with-broker: stopping {broker} failed: {e}");
     }
