@@ -1,0 +1,224 @@
+//! What crosses the wire on Pulsar: an event we publish is read by a plain `pulsar` consumer as
+//! Open edX's attributes in properties, the key as partition key and the bare Avro datum as
+//! payload; a message written that way by another client is consumed as the typed event. Also
+//! the errors a user meets first: an unreachable broker and a header Pulsar cannot carry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eventbus::{BusConfig, Envelope, ErrorKind, Event, Message};
+use eventbus_pulsar::PulsarSettings;
+use eventbus_testkit::fixture::{free_port, BrokerProcess, BrokerSpec};
+use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted, SAMPLE_LOGIN_DATUM};
+use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use futures::StreamExt;
+use pulsar::consumer::InitialPosition;
+use pulsar::{ConsumerOptions, Pulsar, SubType, TokioExecutor};
+use tokio::sync::mpsc;
+
+const TOPIC: &str = "persistent://public/default/dev-user-login";
+
+async fn started() -> (BrokerProcess, PulsarFrameProxy) {
+    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+        .await
+        .expect("start pulsar-lite (pip install pulsar-lite)");
+    let proxy = PulsarFrameProxy::start(broker.addr()).await.unwrap();
+    (broker, proxy)
+}
+
+async fn bus(proxy: &PulsarFrameProxy) -> eventbus::Bus {
+    eventbus::connect(
+        BusConfig::new()
+            .url(proxy.url())
+            .topic_prefix("dev")
+            .service_name("lms"),
+    )
+    .await
+    .expect("connect to pulsar-lite")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_event_has_open_edx_properties_key_and_datum() {
+    let (_broker, proxy) = started().await;
+    let bus = bus(&proxy).await;
+    bus.producer()
+        .send("user-login", &sample_login())
+        .await
+        .unwrap();
+
+    let client = Pulsar::builder(proxy.url(), TokioExecutor)
+        .build()
+        .await
+        .unwrap();
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = client
+        .consumer()
+        .with_topic(TOPIC)
+        .with_subscription("wire-reader")
+        .with_subscription_type(SubType::Exclusive)
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
+        .build()
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .expect("a message in time")
+        .unwrap()
+        .unwrap();
+    consumer.ack(&message).await.unwrap();
+
+    let properties: BTreeMap<String, String> = message
+        .metadata()
+        .properties
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
+    let names: Vec<&str> = properties.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "ce_datacontenttype",
+            "ce_id",
+            "ce_minorversion",
+            "ce_source",
+            "ce_specversion",
+            "ce_time",
+            "ce_type",
+            "content-type",
+            "sourcehost",
+            "sourcelib"
+        ]
+    );
+    assert_eq!(properties["ce_type"], SessionLoginCompleted::EVENT_TYPE);
+    assert_eq!(properties["ce_source"], "openedx/lms/web");
+    assert_eq!(properties["ce_specversion"], "1.0");
+    assert_eq!(properties["content-type"], "application/avro");
+    assert!(uuid::Uuid::parse_str(&properties["ce_id"]).is_ok());
+    assert!(
+        properties["ce_time"].ends_with("+00:00"),
+        "{}",
+        properties["ce_time"]
+    );
+    // Open edX's login event has no key field.
+    assert_eq!(message.key(), None);
+    assert_eq!(message.payload.data, SAMPLE_LOGIN_DATUM);
+
+    // A message key is the partition key, which Key_Shared groups and partitions go by.
+    let keyed = Message {
+        key: Some("7".into()),
+        ..Message::default()
+    };
+    bus.transport()
+        .publisher
+        .publish("dev-user-login", vec![keyed])
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .expect("the keyed message in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.key().as_deref(), Some("7"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_written_by_another_client_is_consumed_as_the_typed_event() {
+    let (_broker, proxy) = started().await;
+    let bus = bus(&proxy).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let consumer = bus
+        .consumer("user-login", "wire-test")
+        .handle(move |e: Envelope<SessionLoginCompleted>| {
+            let tx = tx.clone();
+            async move { tx.send(e).map_err(|_| std::io::Error::other("test over")) }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    let client = Pulsar::builder(proxy.url(), TokioExecutor)
+        .build()
+        .await
+        .unwrap();
+    let mut producer = client.producer().with_topic(TOPIC).build().await.unwrap();
+    let properties = [
+        ("ce_id", "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"),
+        ("ce_type", SessionLoginCompleted::EVENT_TYPE),
+        ("ce_source", "openedx/lms/web"),
+        ("ce_specversion", "1.0"),
+        ("ce_time", "2026-11-22T05:20:27.505586+00:00"),
+        ("ce_minorversion", "0"),
+        ("sourcehost", "edx.devstack.lms"),
+        ("sourcelib", "10.5.0"),
+        ("content-type", "application/avro"),
+        ("ce_datacontenttype", "application/avro"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let message = pulsar::producer::Message {
+        payload: SAMPLE_LOGIN_DATUM.to_vec(),
+        properties,
+        partition_key: Some("7".into()),
+        ..Default::default()
+    };
+    producer
+        .send_non_blocking(message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("consumed in time")
+        .unwrap();
+    assert_eq!(got.event(), &sample_login());
+    assert_eq!(
+        got.metadata().id.to_string(),
+        "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"
+    );
+    assert_eq!(got.metadata().source_lib, "10.5.0");
+    assert_eq!(
+        got.metadata().time_string(),
+        "2026-11-22T05:20:27.505586+00:00"
+    );
+    consumer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_temporary_connection_error_naming_it() {
+    let port = free_port().unwrap();
+    let mut settings = PulsarSettings::new(format!("pulsar://127.0.0.1:{port}"));
+    settings.connect_timeout = Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    let err = eventbus_pulsar::connect(settings).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Connection);
+    assert!(err.is_temporary());
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_header_is_refused_before_it_reaches_the_broker() {
+    let (_broker, proxy) = started().await;
+    let transport = eventbus_pulsar::connect(PulsarSettings::new(proxy.url()))
+        .await
+        .unwrap();
+    let mut message = Message::default();
+    message.headers.append("ce_type", "a.v1");
+    message.headers.append("ce_type", "b.v1");
+    let err = transport
+        .publisher
+        .publish("repeated", vec![message])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidHeaders);
+    assert!(err.to_string().contains("ce_type"), "{err}");
+}
