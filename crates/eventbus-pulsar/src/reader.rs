@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use eventbus_core::transport::Acknowledge;
+use eventbus_core::transport::{reconnect_delay, Acknowledge};
 use eventbus_core::{
     Delivery, DeliveryStream, Error, ErrorKind, Headers, Message, Position, Result,
 };
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::client::{failed, format_id};
 use crate::departures::{GroupKey, Membership};
-use crate::subscriber::PulsarConsumer;
+use crate::subscriber::{Opener, PulsarConsumer};
 use crate::PulsarSettings;
 
 /// Deliveries waiting for the application; the consumer's receiver queue holds the rest.
@@ -51,7 +51,9 @@ enum Command {
 
 /// The task of one topic of a subscription.
 pub(crate) struct Reader {
-    consumer: PulsarConsumer,
+    /// `None` while the consumer is being reopened.
+    consumer: Option<PulsarConsumer>,
+    opener: Opener,
     /// The topic as the application named it.
     name: String,
     membership: Membership,
@@ -66,18 +68,19 @@ impl Reader {
     /// Starts a task per topic consumer; their deliveries merge into one stream, which ends
     /// when every task has ended.
     pub(crate) fn start(
-        consumers: Vec<(PulsarConsumer, String, GroupKey)>,
+        consumers: Vec<(PulsarConsumer, Opener, String, GroupKey)>,
         settings: Arc<PulsarSettings>,
         closed: watch::Receiver<bool>,
     ) -> DeliveryStream {
         let (tx, rx) = mpsc::channel(HANDED_OUT);
         let mut members = Vec::with_capacity(consumers.len());
-        for (consumer, name, key) in consumers {
+        for (consumer, opener, name, key) in consumers {
             let (commands, command_rx) = mpsc::unbounded_channel();
             let membership = Membership::new(key);
             members.push(membership.clone());
             let reader = Self {
-                consumer,
+                consumer: Some(consumer),
+                opener,
                 name,
                 membership,
                 settings: settings.clone(),
@@ -96,7 +99,30 @@ impl Reader {
         mut closed: watch::Receiver<bool>,
     ) {
         let mut pending: Option<Result<Delivery>> = None;
+        let mut failures = 0;
         loop {
+            let Some(consumer) = self.consumer.as_mut() else {
+                // The consumer ended without being asked to: reopen it after a pause. The
+                // group resumes where it was; unacknowledged messages come again.
+                tokio::select! {
+                    biased;
+                    () = until_closed(&mut closed) => break,
+                    () = tx.closed() => break,
+                    Some(command) = command_rx.recv() => self.apply(command).await,
+                    () = tokio::time::sleep(reconnect_delay(failures)) => match self.opener.open().await {
+                        Ok(consumer) => {
+                            tracing::info!(topic = %self.name, "Pulsar consumer reopened");
+                            self.consumer = Some(consumer);
+                            failures = 0;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(topic = %self.name, error = %e, "reopening a Pulsar consumer failed; retrying");
+                        }
+                    },
+                }
+                continue;
+            };
             tokio::select! {
                 biased;
                 () = until_closed(&mut closed) => break,
@@ -106,10 +132,14 @@ impl Reader {
                     (Ok(permit), Some(item)) => permit.send(item),
                     _ => break,
                 },
-                item = self.consumer.next(), if pending.is_none() => match item {
+                item = consumer.next(), if pending.is_none() => match item {
                     Some(Ok(message)) => pending = Some(Ok(self.delivery(message))),
                     Some(Err(e)) => pending = Some(Err(failed(ErrorKind::Subscribe, "receiving", e))),
-                    None => break,
+                    None => {
+                        tracing::warn!(topic = %self.name, "the Pulsar consumer ended; reopening it");
+                        self.consumer = None;
+                        failures = 1;
+                    }
                 },
             }
         }
@@ -117,10 +147,12 @@ impl Reader {
         while let Ok(command) = command_rx.try_recv() {
             self.apply(command).await;
         }
-        match tokio::time::timeout(self.settings.close_timeout, self.consumer.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "closing a Pulsar consumer failed"),
-            Err(_) => tracing::warn!("closing a Pulsar consumer timed out"),
+        if let Some(consumer) = self.consumer.as_mut() {
+            match tokio::time::timeout(self.settings.close_timeout, consumer.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "closing a Pulsar consumer failed"),
+                Err(_) => tracing::warn!("closing a Pulsar consumer timed out"),
+            }
         }
         self.membership.gone();
     }
@@ -132,15 +164,19 @@ impl Reader {
         let (result, receipt) = match command {
             Command::Ack(target, receipt) => {
                 self.nacks.remove(&target.key());
-                let sent = self.consumer.ack_with_id(&target.topic, target.id).await;
+                let sent = match self.consumer.as_mut() {
+                    Some(consumer) => consumer.ack_with_id(&target.topic, target.id).await,
+                    None => Err(lost()),
+                };
                 (sent, Some(receipt))
             }
             Command::Nack(target) => {
                 *self.nacks.entry(target.key()).or_default() += 1;
-                (
-                    self.consumer.nack_with_id(&target.topic, target.id).await,
-                    None,
-                )
+                let sent = match self.consumer.as_mut() {
+                    Some(consumer) => consumer.nack_with_id(&target.topic, target.id).await,
+                    None => Err(lost()),
+                };
+                (sent, None)
             }
         };
         match (result, receipt) {
@@ -196,6 +232,11 @@ impl Reader {
             None => delivery,
         }
     }
+}
+
+/// The error for an ack while the consumer is being reopened.
+fn lost() -> pulsar::error::ConsumerError {
+    pulsar::error::ConsumerError::Connection(pulsar::error::ConnectionError::Disconnected)
 }
 
 /// The deliveries of one subscription. Dropping it makes its members leave their groups.

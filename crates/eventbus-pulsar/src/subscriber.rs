@@ -28,6 +28,40 @@ pub(crate) struct PulsarSubscriber {
     closed: watch::Sender<bool>,
 }
 
+/// What it takes to open, and after a lost connection reopen, one topic's consumer of a
+/// subscription.
+#[derive(Clone)]
+pub(crate) struct Opener {
+    client: Client,
+    settings: Arc<PulsarSettings>,
+    topic: String,
+    group: String,
+    consumer: String,
+    initial: InitialPosition,
+}
+
+impl Opener {
+    pub(crate) async fn open(&self) -> Result<PulsarConsumer> {
+        let options = ConsumerOptions::default()
+            .with_initial_position(self.initial.clone())
+            .with_receiver_queue_size(self.settings.receiver_queue_size);
+        self.client
+            .consumer()
+            .with_topic(&self.topic)
+            .with_subscription(&self.group)
+            .with_subscription_type(self.settings.group_mode.sub_type())
+            .with_consumer_name(&self.consumer)
+            .with_options(options)
+            .build()
+            .await
+            .map_err(|e| {
+                failed(ErrorKind::Subscribe, "subscribing", e)
+                    .with("topic", &self.topic)
+                    .with("group", &self.group)
+            })
+    }
+}
+
 impl std::fmt::Debug for PulsarSubscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PulsarSubscriber")
@@ -44,32 +78,6 @@ impl PulsarSubscriber {
             settings,
             closed: watch::Sender::new(false),
         }
-    }
-
-    async fn consumer(&self, subscription: &Subscription, topic: &str) -> Result<PulsarConsumer> {
-        // Pulsar applies the initial position to a new subscription only; an existing one
-        // resumes, and an explicit start moves it with a seek below.
-        let initial = match subscription.start {
-            Some(StartPosition::Latest) => InitialPosition::Latest,
-            _ => InitialPosition::Earliest,
-        };
-        let options = ConsumerOptions::default()
-            .with_initial_position(initial)
-            .with_receiver_queue_size(self.settings.receiver_queue_size);
-        self.client
-            .consumer()
-            .with_topic(topic)
-            .with_subscription(&subscription.group)
-            .with_subscription_type(self.settings.group_mode.sub_type())
-            .with_consumer_name(&subscription.consumer)
-            .with_options(options)
-            .build()
-            .await
-            .map_err(|e| {
-                failed(ErrorKind::Subscribe, "subscribing", e)
-                    .with("topic", topic)
-                    .with("group", &subscription.group)
-            })
     }
 
     async fn seek(&self, consumer: &mut PulsarConsumer, start: &StartPosition) -> Result<()> {
@@ -173,14 +181,28 @@ impl Subscriber for PulsarSubscriber {
             .collect();
         wait_for_departures(&keys, self.settings.close_timeout).await;
         let mut consumers = Vec::with_capacity(names.len());
+        // Pulsar applies the initial position to a new subscription only; an existing one
+        // resumes, and an explicit start moves it with a seek.
+        let initial = match subscription.start {
+            Some(StartPosition::Latest) => InitialPosition::Latest,
+            _ => InitialPosition::Earliest,
+        };
         for (key, (full, name)) in keys.into_iter().zip(names) {
-            let mut consumer = self.consumer(&subscription, &full).await?;
+            let opener = Opener {
+                client: self.client.clone(),
+                settings: self.settings.clone(),
+                topic: full,
+                group: subscription.group.clone(),
+                consumer: subscription.consumer.clone(),
+                initial: initial.clone(),
+            };
+            let mut consumer = opener.open().await?;
             if let Some(start) = &subscription.start {
                 self.seek(&mut consumer, start)
                     .await
                     .map_err(|e| e.with("topic", &name))?;
             }
-            consumers.push((consumer, name, key));
+            consumers.push((consumer, opener, name, key));
         }
         Ok(Reader::start(
             consumers,
