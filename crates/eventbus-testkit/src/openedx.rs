@@ -57,6 +57,39 @@ pub fn sample_login() -> SessionLoginCompleted {
 /// `0x0e`), one byte per boolean, strings as a zig-zag length and UTF-8.
 pub const SAMPLE_LOGIN_DATUM: &[u8] = b"\x0e\x01\x06ada\x1eada@example.org\x18Ada Lovelace";
 
+/// The headers Open edX puts on every event on Kafka (and eventbus on Pulsar, as properties),
+/// sorted by name.
+pub const OPEN_EDX_HEADER_NAMES: [&str; 10] = [
+    "ce_datacontenttype",
+    "ce_id",
+    "ce_minorversion",
+    "ce_source",
+    "ce_specversion",
+    "ce_time",
+    "ce_type",
+    "content-type",
+    "sourcehost",
+    "sourcelib",
+];
+
+/// The headers of one [`sample_login`] as Open edX's Python producer writes them from the
+/// `lms` service (openedx-events 10.5).
+pub const SAMPLE_LOGIN_HEADERS: [(&str, &str); 10] = [
+    ("ce_id", "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"),
+    (
+        "ce_type",
+        "org.openedx.learning.auth.session.login.completed.v1",
+    ),
+    ("ce_source", "openedx/lms/web"),
+    ("ce_specversion", "1.0"),
+    ("ce_time", "2026-11-22T05:20:27.505586+00:00"),
+    ("ce_minorversion", "0"),
+    ("sourcehost", "edx.devstack.lms"),
+    ("sourcelib", "10.5.0"),
+    ("content-type", "application/avro"),
+    ("ce_datacontenttype", "application/avro"),
+];
+
 /// A login as a ready message, the way a producer of Open edX's services builds it: the
 /// CloudEvents headers of a fresh event from `openedx/lms/web` and `payload` as its value (the
 /// bare datum for Redis, the Confluent-framed one for Kafka). For benchmarks and wire tests.
@@ -80,6 +113,15 @@ pub fn sample_login_message(payload: Vec<u8>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_headers_name_the_login_event_and_every_open_edx_header() {
+        let (_, event_type) = SAMPLE_LOGIN_HEADERS[1];
+        assert_eq!(event_type, SessionLoginCompleted::EVENT_TYPE);
+        let mut names: Vec<&str> = SAMPLE_LOGIN_HEADERS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        assert_eq!(names, OPEN_EDX_HEADER_NAMES);
+    }
 
     #[test]
     fn the_hand_written_datum_is_what_the_encoder_writes() {
