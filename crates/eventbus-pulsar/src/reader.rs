@@ -1,9 +1,14 @@
-//! The task behind one subscription: it owns the Pulsar consumer, hands its messages out as
-//! deliveries and carries their acks and nacks back to it.
+//! The deliveries of a subscription: a stream per topic that polls its Pulsar consumer
+//! directly, and acknowledgers that reach the same consumer through a lock.
+//!
+//! There is no task between the consumer and the application: a hop through channels per
+//! message and per ack cost a third of the throughput (BENCHMARKS.md). An ack only queues a
+//! command inside the client (an unbounded channel), so it is taken under a short lock without
+//! waiting.
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,18 +18,43 @@ use eventbus_core::transport::{reconnect_delay, Acknowledge};
 use eventbus_core::{
     Delivery, DeliveryStream, Error, ErrorKind, Headers, Message, Position, Result,
 };
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 use pulsar::consumer::Message as PulsarMessage;
+use pulsar::error::ConsumerError;
 use pulsar::proto::MessageIdData;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::client::{failed, format_id};
 use crate::departures::{GroupKey, Membership};
 use crate::subscriber::{Opener, PulsarConsumer};
 use crate::PulsarSettings;
 
-/// Deliveries waiting for the application; the consumer's receiver queue holds the rest.
-const HANDED_OUT: usize = 64;
+/// Starts reading: one stream per topic consumer, merged into one.
+pub(crate) fn start(
+    consumers: Vec<(PulsarConsumer, Opener, String, GroupKey)>,
+    settings: Arc<PulsarSettings>,
+    closed: watch::Receiver<bool>,
+) -> DeliveryStream {
+    let topics = consumers.into_iter().map(|(consumer, opener, name, key)| {
+        let member = Arc::new(Member {
+            consumer: Mutex::new(Some(consumer)),
+            nacks: Mutex::default(),
+            name,
+            membership: Membership::new(key),
+            settings: settings.clone(),
+        });
+        TopicStream {
+            member,
+            opener,
+            closed: until_closed(closed.clone()),
+            reopening: None,
+            failures: 0,
+            done: false,
+        }
+    });
+    Box::pin(futures::stream::select_all(topics))
+}
 
 /// One message as the consumer knows it: the full topic it came from and its id.
 #[derive(Debug, Clone)]
@@ -40,193 +70,177 @@ impl Target {
     }
 }
 
-/// Tells an acker that its ack went out to the broker, or why not.
-type Receipt = tokio::sync::oneshot::Sender<Result<()>>;
-
-#[derive(Debug)]
-enum Command {
-    Ack(Target, Receipt),
-    Nack(Target),
-}
-
-/// The task of one topic of a subscription.
-pub(crate) struct Reader {
-    /// `None` while the consumer is being reopened.
-    consumer: Option<PulsarConsumer>,
-    opener: Opener,
+/// One topic's consumer of a subscription, shared by its stream and its acknowledgers.
+struct Member {
+    /// `None` while the consumer is being reopened, and once it is closed.
+    consumer: Mutex<Option<PulsarConsumer>>,
+    // The client does not pass on the broker's redelivery count, so the member counts the
+    // nacks it sent itself: a message nacked twice comes back as attempt 3.
+    nacks: Mutex<HashMap<(String, String), u32>>,
     /// The topic as the application named it.
     name: String,
     membership: Membership,
     settings: Arc<PulsarSettings>,
-    commands: mpsc::UnboundedSender<Command>,
-    // The client does not pass on the broker's redelivery count, so the reader counts the
-    // nacks it sent itself: a message nacked twice comes back as attempt 3.
-    nacks: HashMap<(String, String), u32>,
 }
 
-impl Reader {
-    /// Starts a task per topic consumer; their deliveries merge into one stream, which ends
-    /// when every task has ended.
-    pub(crate) fn start(
-        consumers: Vec<(PulsarConsumer, Opener, String, GroupKey)>,
-        settings: Arc<PulsarSettings>,
-        closed: watch::Receiver<bool>,
-    ) -> DeliveryStream {
-        let (tx, rx) = mpsc::channel(HANDED_OUT);
-        let mut members = Vec::with_capacity(consumers.len());
-        for (consumer, opener, name, key) in consumers {
-            let (commands, command_rx) = mpsc::unbounded_channel();
-            let membership = Membership::new(key);
-            members.push(membership.clone());
-            let reader = Self {
-                consumer: Some(consumer),
-                opener,
-                name,
-                membership,
-                settings: settings.clone(),
-                commands,
-                nacks: HashMap::new(),
-            };
-            tokio::spawn(reader.run(tx.clone(), command_rx, closed.clone()));
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Member {
+    fn ack(&self, target: Target) -> Result<()> {
+        {
+            let mut nacks = locked(&self.nacks);
+            if !nacks.is_empty() {
+                nacks.remove(&target.key());
+            }
         }
-        Box::pin(Deliveries { rx, members })
+        let id = format_id(&target.id);
+        let mut consumer = locked(&self.consumer);
+        let sent = consumer
+            .as_mut()
+            .map(|c| c.ack_with_id(&target.topic, target.id).now_or_never());
+        self.sent(sent, "acknowledgement", &id)
     }
 
-    async fn run(
-        mut self,
-        tx: mpsc::Sender<Result<Delivery>>,
-        mut command_rx: mpsc::UnboundedReceiver<Command>,
-        mut closed: watch::Receiver<bool>,
-    ) {
-        let mut pending: Option<Result<Delivery>> = None;
-        let mut failures = 0;
-        loop {
-            let Some(consumer) = self.consumer.as_mut() else {
-                // The consumer ended without being asked to: reopen it after a pause. The
-                // group resumes where it was; unacknowledged messages come again.
-                tokio::select! {
-                    biased;
-                    () = until_closed(&mut closed) => break,
-                    () = tx.closed() => break,
-                    Some(command) = command_rx.recv() => self.apply(command).await,
-                    () = tokio::time::sleep(reconnect_delay(failures)) => match self.opener.open().await {
-                        Ok(consumer) => {
-                            tracing::info!(topic = %self.name, "Pulsar consumer reopened");
-                            self.consumer = Some(consumer);
-                            failures = 0;
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            tracing::warn!(topic = %self.name, error = %e, "reopening a Pulsar consumer failed; retrying");
-                        }
-                    },
-                }
-                continue;
-            };
-            tokio::select! {
-                biased;
-                () = until_closed(&mut closed) => break,
-                () = tx.closed() => break,
-                Some(command) = command_rx.recv() => self.apply(command).await,
-                permit = tx.reserve(), if pending.is_some() => match (permit, pending.take()) {
-                    (Ok(permit), Some(item)) => permit.send(item),
-                    _ => break,
-                },
-                item = consumer.next(), if pending.is_none() => match item {
-                    Some(Ok(message)) => pending = Some(Ok(self.delivery(message))),
-                    Some(Err(e)) => pending = Some(Err(failed(ErrorKind::Subscribe, "receiving", e))),
-                    None => {
-                        tracing::warn!(topic = %self.name, "the Pulsar consumer ended; reopening it");
-                        self.consumer = None;
-                        failures = 1;
-                    }
-                },
-            }
-        }
-        // Acks sent before the stream went away still reach the broker before the close.
-        while let Ok(command) = command_rx.try_recv() {
-            self.apply(command).await;
-        }
-        if let Some(consumer) = self.consumer.as_mut() {
-            match tokio::time::timeout(self.settings.close_timeout, consumer.close()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "closing a Pulsar consumer failed"),
-                Err(_) => tracing::warn!("closing a Pulsar consumer timed out"),
-            }
-        }
-        self.membership.gone();
+    fn nack(&self, target: Target) -> Result<()> {
+        *locked(&self.nacks).entry(target.key()).or_default() += 1;
+        let id = format_id(&target.id);
+        let mut consumer = locked(&self.consumer);
+        let sent = consumer
+            .as_mut()
+            .map(|c| c.nack_with_id(&target.topic, target.id).now_or_never());
+        self.sent(sent, "negative acknowledgement", &id)
     }
 
-    /// Hands one command to the consumer. An ack's receipt answers once the ack is on its way
-    /// to the broker: Pulsar acks have no answer, and a round trip per ack to confirm it would
-    /// cost the client's Nagle delay (about 40 ms) every time.
-    async fn apply(&mut self, command: Command) {
-        let (result, receipt) = match command {
-            Command::Ack(target, receipt) => {
-                self.nacks.remove(&target.key());
-                let sent = match self.consumer.as_mut() {
-                    Some(consumer) => consumer.ack_with_id(&target.topic, target.id).await,
-                    None => Err(lost()),
-                };
-                (sent, Some(receipt))
-            }
-            Command::Nack(target) => {
-                *self.nacks.entry(target.key()).or_default() += 1;
-                let sent = match self.consumer.as_mut() {
-                    Some(consumer) => consumer.nack_with_id(&target.topic, target.id).await,
-                    None => Err(lost()),
-                };
-                (sent, None)
-            }
+    /// The outcome of handing an (n)ack to the client: `None` without a consumer, `Some(None)`
+    /// if the client would have had to wait, which its unbounded queue never does.
+    fn sent(
+        &self,
+        sent: Option<Option<std::result::Result<(), ConsumerError>>>,
+        what: &str,
+        id: &str,
+    ) -> Result<()> {
+        let why = match sent {
+            Some(Some(Ok(()))) => return Ok(()),
+            Some(Some(Err(e))) => e.to_string(),
+            Some(None) => "the client did not take it at once".to_owned(),
+            None => "the subscription is closed or reconnecting".to_owned(),
         };
-        match (result, receipt) {
-            (Ok(()), Some(receipt)) => {
-                let _ = receipt.send(Ok(()));
-            }
-            (Ok(()), None) => {}
-            (Err(e), receipt) => {
-                // The message stays unacknowledged: the broker redelivers it once this
-                // consumer is gone, so nothing is lost.
-                let error = Error::new(
-                    ErrorKind::Subscribe,
-                    "a Pulsar acknowledgement did not go out",
-                )
-                .with_source(e);
-                tracing::warn!(error = %error, "acknowledgement lost; the message will come again");
-                if let Some(receipt) = receipt {
-                    let _ = receipt.send(Err(error));
+        // The message stays unacknowledged: the broker delivers it again, nothing is lost.
+        Err(Error::new(
+            ErrorKind::Subscribe,
+            format!("a Pulsar {what} did not go out ({why}); the message will come again"),
+        )
+        .with("topic", &self.name)
+        .with("message", id)
+        .temporary())
+    }
+
+    /// The attempt of a delivery: 1 plus the nacks this member sent for it.
+    fn attempt(&self, target: &Target) -> u32 {
+        let nacks = locked(&self.nacks);
+        if nacks.is_empty() {
+            return 1;
+        }
+        1 + nacks.get(&target.key()).copied().unwrap_or(0)
+    }
+
+    /// Leaves the group: closes the consumer in the background, so that its unacknowledged
+    /// messages go to the other members, and tells joiners when it is done.
+    fn leave(self: &Arc<Self>) {
+        self.membership.leave();
+        let consumer = locked(&self.consumer).take();
+        let member = Arc::clone(self);
+        let close = async move {
+            if let Some(mut consumer) = consumer {
+                let timeout = member.settings.close_timeout;
+                match tokio::time::timeout(timeout, consumer.close()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "closing a Pulsar consumer failed"),
+                    Err(_) => tracing::warn!("closing a Pulsar consumer timed out"),
                 }
             }
+            member.membership.gone();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(close)),
+            // Without a runtime the consumer can only be dropped; the broker notices.
+            Err(_) => self.membership.gone(),
+        }
+    }
+}
+
+/// The deliveries of one topic.
+struct TopicStream {
+    member: Arc<Member>,
+    opener: Opener,
+    closed: BoxFuture<'static, ()>,
+    /// Reopening the consumer after the client gave it up: a pause, then a subscribe.
+    reopening: Option<BoxFuture<'static, Result<PulsarConsumer>>>,
+    failures: u32,
+    done: bool,
+}
+
+/// Resolves once the subscriber is closed or gone.
+fn until_closed(mut closed: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let _ = closed.wait_for(|c| *c).await.map(drop);
+    })
+}
+
+impl TopicStream {
+    fn reopen(&mut self) {
+        let opener = self.opener.clone();
+        let pause = reconnect_delay(self.failures);
+        self.reopening = Some(Box::pin(async move {
+            tokio::time::sleep(pause).await;
+            opener.open().await
+        }));
+    }
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.reopening = None;
+            self.member.leave();
         }
     }
 
     fn delivery(&self, message: PulsarMessage<Vec<u8>>) -> Delivery {
+        let PulsarMessage {
+            topic,
+            payload,
+            message_id,
+            ..
+        } = message;
         let target = Target {
-            topic: message.topic.clone(),
-            id: message.message_id().clone(),
+            topic,
+            id: message_id.id,
         };
-        let attempt = 1 + self.nacks.get(&target.key()).copied().unwrap_or(0);
-        let metadata = &message.payload.metadata;
+        let metadata = payload.metadata;
         let headers: Headers = metadata
             .properties
-            .iter()
-            .map(|p| (p.key.clone(), p.value.clone()))
+            .into_iter()
+            .map(|p| (p.key, p.value))
             .collect();
+        let body = Message {
+            key: metadata.partition_key,
+            payload: payload.data.into(),
+            headers,
+        };
+        let position = Position::MessageId(format_id(&target.id));
+        let attempt = self.member.attempt(&target);
+        let acker = Acker {
+            target,
+            member: Arc::clone(&self.member),
+        };
+        let delivery = Delivery::new(&self.member.name, body, position, attempt, Box::new(acker));
         let published_at = i64::try_from(metadata.publish_time)
             .ok()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-        let body = Message {
-            key: metadata.partition_key.clone(),
-            payload: message.payload.data.into(),
-            headers,
-        };
-        let topic = self.name.clone();
-        let position = Position::MessageId(format_id(&target.id));
-        let acker = Acker {
-            target,
-            commands: self.commands.clone(),
-        };
-        let delivery = Delivery::new(topic, body, position, attempt, Box::new(acker));
         match published_at {
             Some(at) => delivery.published_at(at),
             None => delivery,
@@ -234,84 +248,99 @@ impl Reader {
     }
 }
 
-/// The error for an ack while the consumer is being reopened.
-fn lost() -> pulsar::error::ConsumerError {
-    pulsar::error::ConsumerError::Connection(pulsar::error::ConnectionError::Disconnected)
-}
-
-/// The deliveries of one subscription. Dropping it makes its members leave their groups.
-struct Deliveries {
-    rx: mpsc::Receiver<Result<Delivery>>,
-    members: Vec<Membership>,
-}
-
-impl Stream for Deliveries {
+impl Stream for TopicStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Deliveries {
-    fn drop(&mut self) {
-        for member in &self.members {
-            member.leave();
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.closed.poll_unpin(cx).is_ready() {
+            self.finish();
+            return Poll::Ready(None);
+        }
+        loop {
+            if let Some(reopening) = self.reopening.as_mut() {
+                match reopening.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(consumer)) => {
+                        tracing::info!(topic = %self.member.name, "Pulsar consumer reopened");
+                        *locked(&self.member.consumer) = Some(consumer);
+                        self.reopening = None;
+                        self.failures = 0;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.failures += 1;
+                        tracing::warn!(topic = %self.member.name, error = %e, "reopening a Pulsar consumer failed; retrying");
+                        self.reopen();
+                    }
+                }
+                continue;
+            }
+            let polled = match locked(&self.member.consumer).as_mut() {
+                Some(consumer) => consumer.poll_next_unpin(cx),
+                None => Poll::Ready(None),
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(message))) => {
+                    return Poll::Ready(Some(Ok(self.delivery(message))))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(failed(ErrorKind::Subscribe, "receiving", e))))
+                }
+                Poll::Ready(None) => {
+                    // The client gave the consumer up (a broker restart, say): reopen it after
+                    // a pause. The group resumes where it was; unacknowledged messages come
+                    // again.
+                    tracing::warn!(topic = %self.member.name, "the Pulsar consumer ended; reopening it");
+                    drop(locked(&self.member.consumer).take());
+                    self.failures = 1;
+                    self.reopen();
+                }
+            }
         }
     }
 }
 
-/// Resolves once the subscriber is closed or gone.
-async fn until_closed(closed: &mut watch::Receiver<bool>) {
-    let _ = closed.wait_for(|c| *c).await.map(drop);
+impl Drop for TopicStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
-/// Acknowledges through the subscription's task, which owns the consumer.
-#[derive(Debug)]
+/// Acknowledges through the consumer its message came from.
 struct Acker {
     target: Target,
-    commands: mpsc::UnboundedSender<Command>,
+    member: Arc<Member>,
 }
 
-impl Acker {
-    fn send(&self, command: Command) -> Result<()> {
-        self.commands.send(command).map_err(|_| {
-            Error::new(
-                ErrorKind::Subscribe,
-                "the subscription was closed before the acknowledgement; the broker redelivers the message",
-            )
-            .with("topic", &self.target.topic)
-            .with("message", format_id(&self.target.id))
-        })
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("topic", &self.target.topic)
+            .field("message", &format_id(&self.target.id))
+            .finish()
     }
 }
 
 #[async_trait]
 impl Acknowledge for Acker {
     async fn ack(self: Box<Self>) -> Result<()> {
-        let (receipt, confirmed) = tokio::sync::oneshot::channel();
-        self.send(Command::Ack(self.target.clone(), receipt))?;
-        confirmed.await.unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorKind::Subscribe,
-                "the subscription closed before the acknowledgement went out; the message will come again",
-            )
-            .with("message", format_id(&self.target.id)))
-        })
+        self.member.ack(self.target)
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
         if delay.is_zero() {
-            return self.send(Command::Nack(self.target.clone()));
+            return self.member.nack(self.target);
         }
         // Pulsar's nack redelivers at once (or after the consumer-wide delay); the message
         // stays unacknowledged here until its own delay is over.
-        if self.commands.is_closed() {
-            return self.send(Command::Nack(self.target.clone()));
-        }
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = self.send(Command::Nack(self.target.clone()));
+            if let Err(e) = self.member.nack(self.target) {
+                tracing::warn!(error = %e, "a delayed nack did not go out");
+            }
         });
         Ok(())
     }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::client::{failed, full_topic, parse_id, Client};
 use crate::departures::{wait_for_departures, GroupKey};
-use crate::reader::Reader;
+use crate::reader;
 use crate::PulsarSettings;
 
 /// The consumer type of every subscription: payloads stay bytes, the core decodes them.
@@ -204,7 +204,7 @@ impl Subscriber for PulsarSubscriber {
             }
             consumers.push((consumer, opener, name, key));
         }
-        Ok(Reader::start(
+        Ok(reader::start(
             consumers,
             self.settings.clone(),
             self.closed.subscribe(),
