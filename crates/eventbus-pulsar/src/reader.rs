@@ -97,22 +97,22 @@ impl Member {
                 nacks.remove(&target.key());
             }
         }
-        let id = format_id(&target.id);
         let mut consumer = locked(&self.consumer);
-        let sent = consumer
-            .as_mut()
-            .map(|c| c.ack_with_id(&target.topic, target.id).now_or_never());
-        self.sent(sent, "acknowledgement", &id)
+        let sent = consumer.as_mut().map(|c| {
+            c.ack_with_id(&target.topic, target.id.clone())
+                .now_or_never()
+        });
+        self.sent(sent, "acknowledgement", &target)
     }
 
     fn nack(&self, target: Target) -> Result<()> {
         *locked(&self.nacks).entry(target.key()).or_default() += 1;
-        let id = format_id(&target.id);
         let mut consumer = locked(&self.consumer);
-        let sent = consumer
-            .as_mut()
-            .map(|c| c.nack_with_id(&target.topic, target.id).now_or_never());
-        self.sent(sent, "negative acknowledgement", &id)
+        let sent = consumer.as_mut().map(|c| {
+            c.nack_with_id(&target.topic, target.id.clone())
+                .now_or_never()
+        });
+        self.sent(sent, "negative acknowledgement", &target)
     }
 
     /// The outcome of handing an (n)ack to the client: `None` without a consumer, `Some(None)`
@@ -121,7 +121,7 @@ impl Member {
         &self,
         sent: Option<Option<std::result::Result<(), ConsumerError>>>,
         what: &str,
-        id: &str,
+        target: &Target,
     ) -> Result<()> {
         let why = match sent {
             Some(Some(Ok(()))) => return Ok(()),
@@ -135,7 +135,7 @@ impl Member {
             format!("a Pulsar {what} did not go out ({why}); the message will come again"),
         )
         .with("topic", &self.name)
-        .with("message", id)
+        .with("message", format_id(&target.id))
         .temporary())
     }
 
