@@ -162,16 +162,18 @@ impl Subscriber for PulsarSubscriber {
         if let Some(StartPosition::At(id)) = &subscription.start {
             parse_id(id)?;
         }
-        // Deliveries name the topic as the application does; Pulsar uses full names.
-        let names: HashMap<String, String> = subscription
+        // Deliveries name the topic as the application does; Pulsar uses full names. One
+        // consumer per topic: each seeks to its own position and acks its own ids.
+        let topics: Vec<(String, String)> = subscription
             .topics
             .iter()
             .map(|t| (full_topic(&self.settings.namespace, t), t.clone()))
+            .collect::<HashMap<_, _>>()
+            .into_iter()
             .collect();
-        // One consumer per topic: each topic seeks to its own position and acks its own ids.
-        let keys: Vec<GroupKey> = names
-            .keys()
-            .map(|full| {
+        let keys: Vec<GroupKey> = topics
+            .iter()
+            .map(|(full, _)| {
                 (
                     self.settings.url.clone(),
                     full.clone(),
@@ -180,14 +182,14 @@ impl Subscriber for PulsarSubscriber {
             })
             .collect();
         wait_for_departures(&keys, self.settings.close_timeout).await;
-        let mut consumers = Vec::with_capacity(names.len());
+        let mut consumers = Vec::with_capacity(topics.len());
         // Pulsar applies the initial position to a new subscription only; an existing one
         // resumes, and an explicit start moves it with a seek.
         let initial = match subscription.start {
             Some(StartPosition::Latest) => InitialPosition::Latest,
             _ => InitialPosition::Earliest,
         };
-        for (key, (full, name)) in keys.into_iter().zip(names) {
+        for (key, (full, name)) in keys.into_iter().zip(topics) {
             let opener = Opener {
                 client: self.client.clone(),
                 settings: self.settings.clone(),
