@@ -1,9 +1,10 @@
-//! Behaviour beyond the conformance suite: a subscription rides out a broker restart.
+//! Behaviour beyond the conformance suite: a subscription rides out a broker restart, and a
+//! group starts at a message id.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use eventbus::{Message, Subscription};
+use eventbus::{Message, StartPosition, Subscription};
 use eventbus_pulsar::PulsarSettings;
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
@@ -79,4 +80,45 @@ async fn a_subscription_rides_out_a_broker_restart() {
         got,
         BTreeSet::from(["after-0".into(), "after-1".into(), "after-2".into()])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_starts_at_a_message_id_a_publish_returned() {
+    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+        .await
+        .unwrap();
+    let proxy = PulsarFrameProxy::start(broker.addr()).await.unwrap();
+    let transport = eventbus_pulsar::connect(PulsarSettings::new(proxy.url()))
+        .await
+        .unwrap();
+    let batch = ["m-0", "m-1", "m-2"].map(message).to_vec();
+    let positions = transport.publisher.publish("at", batch).await.unwrap();
+    let start = StartPosition::At(positions[1].to_string());
+    let subscription = Subscription::new("at", "from-m-1", "member-1").starting_at(start);
+    let mut stream = transport.subscriber.subscribe(subscription).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let next = tokio::time::timeout(Duration::from_secs(15), stream.next()).await;
+        let delivery = next.expect("a delivery in time").unwrap().unwrap();
+        got.push(String::from_utf8_lossy(&delivery.message.payload).into_owned());
+        delivery.ack().await.unwrap();
+    }
+    // A seek to a message id starts with that message.
+    assert_eq!(got, ["m-1", "m-2"]);
+    let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
+    assert!(
+        more.is_err(),
+        "nothing before the start: {:?}",
+        more.map(|d| d.map(|d| d.map(|d| d.position)))
+    );
+
+    let bad = Subscription::new("at", "g", "m").starting_at(StartPosition::At("12-x".into()));
+    let err = transport
+        .subscriber
+        .subscribe(bad)
+        .await
+        .err()
+        .expect("a malformed id is refused");
+    assert_eq!(err.kind(), eventbus::ErrorKind::Config);
+    assert!(err.to_string().contains("ledger:entry"), "{err}");
 }
