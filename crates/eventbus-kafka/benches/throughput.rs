@@ -12,11 +12,12 @@
 //! Rounds alternate raw and eventbus; the best round of each counts.
 //! `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use eventbus_core::serializer::confluent_frame;
 use eventbus_core::{Message, Subscription, Transport};
 use eventbus_kafka::KafkaSettings;
+use eventbus_testkit::bench::{env_or, rate};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use futures::StreamExt;
@@ -27,17 +28,6 @@ use rdkafka::ClientConfig;
 
 const BATCH: usize = 100;
 const PARTITIONS: i32 = 4;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rate(n: usize, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
-}
 
 async fn raw_publish(producer: &FutureProducer, topic: &str, batches: Vec<Vec<Message>>) {
     for batch in batches {

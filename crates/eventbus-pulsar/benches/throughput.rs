@@ -26,18 +26,14 @@
 //! (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 5) scale it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use eventbus_core::serializer::SerializerKind;
-use eventbus_core::{Bus, BusConfig, Envelope, Message, Subscription, Transport};
+use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_pulsar::{producer_options, to_pulsar, PulsarSettings};
-use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
-use eventbus_testkit::openedx::{
-    sample_login, sample_login_message, SessionLoginCompleted, SAMPLE_LOGIN_DATUM,
-};
-use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use eventbus_testkit::bench::{consume_acking, env_or, rate, whole_bus};
+use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
+use eventbus_testkit::pulsar_proxy::PulsarLite;
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
@@ -45,17 +41,6 @@ use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
 const BATCH: usize = 100;
 const IN_FLIGHT: usize = 64;
 const RECEIVER_QUEUE: u32 = 1000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rate(n: usize, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
-}
 
 /// The full name eventbus gives a bare topic in the default namespace.
 fn full(topic: &str) -> String {
@@ -134,61 +119,6 @@ async fn raw_consume(
     consumer
 }
 
-/// Takes deliveries and acknowledges each, with up to `in_flight` acknowledgements at once.
-async fn bus_consume(transport: &Transport, topic: &str, group: &str, n: usize, in_flight: usize) {
-    let mut deliveries = transport
-        .subscriber
-        .subscribe(Subscription::new(topic, group, "c"))
-        .await
-        .expect("eventbus subscribe");
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for _ in 0..n {
-        let d = deliveries.next().await.expect("open").expect("delivery");
-        std::hint::black_box(&d.message.payload);
-        acks.push(d.ack());
-        if acks.len() >= in_flight {
-            acks.next().await.expect("one ack").expect("eventbus ack");
-        }
-    }
-    while let Some(acked) = acks.next().await {
-        acked.expect("eventbus ack");
-    }
-}
-
-/// The whole bus: typed events encoded to Avro and published in batches, then decoded and
-/// dispatched to a receiver by the core's consumer runner, which acknowledges each.
-async fn bus_end_to_end(bus: &Bus, topic: &str, n: usize) -> (f64, f64) {
-    let events = vec![sample_login(); BATCH];
-    let t = Instant::now();
-    for _ in 0..n / BATCH {
-        bus.producer()
-            .send_batch(topic, &events)
-            .await
-            .expect("send_batch");
-    }
-    let published = rate(n, t.elapsed());
-    let seen = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let (counter, finished) = (seen.clone(), done.clone());
-    let t = Instant::now();
-    let consumer = bus
-        .consumer(topic, "bus-e2e")
-        .handle(move |e: Envelope<SessionLoginCompleted>| {
-            std::hint::black_box(e.event());
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                finished.notify_one();
-            }
-            async { Ok::<_, std::io::Error>(()) }
-        })
-        .start()
-        .await
-        .expect("start consumer");
-    done.notified().await;
-    let consumed = rate(n, t.elapsed());
-    consumer.shutdown().await.expect("shutdown");
-    (published, consumed)
-}
-
 /// Runs both sides, the raw one first or second; returns their rates as (raw, eventbus).
 async fn in_turn(
     raw_first: bool,
@@ -208,13 +138,10 @@ async fn in_turn(
 async fn main() {
     let n = env_or("EVENTBUS_BENCH_MESSAGES", 20_000) / BATCH * BATCH;
     let rounds = env_or("EVENTBUS_BENCH_ROUNDS", 5);
-    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+    let lite = PulsarLite::start()
         .await
-        .expect("start pulsar-lite (pip install pulsar-lite)");
-    let proxy = PulsarFrameProxy::start(broker.addr())
-        .await
-        .expect("start the frame proxy");
-    let url = proxy.url();
+        .expect("start pulsar-lite (pip install pulsar-lite) and the frame proxy");
+    let url = lite.url();
     let settings = PulsarSettings::new(&url);
     let raw = Pulsar::builder(url.as_str(), TokioExecutor)
         .build()
@@ -273,12 +200,12 @@ async fn main() {
             };
             let bus_side = async {
                 let t = Instant::now();
-                bus_consume(&transport, &bus_topic, &group, n, in_flight).await;
+                consume_acking(&transport, &bus_topic, &group, n, in_flight).await;
                 rate(n, t.elapsed())
             };
             keep(i, in_turn(raw_first, raw_side, bus_side).await);
         }
-        keep(6, bus_end_to_end(&bus, &format!("e2e-{id}"), n).await);
+        keep(6, whole_bus(&bus, &format!("e2e-{id}"), n, BATCH).await);
         eprintln!("round {round} done");
     }
     println!(
@@ -316,5 +243,5 @@ async fn main() {
         "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {:.0} events/s | |",
         best[7]
     );
-    println!("proxy: {:?}", proxy.stats());
+    println!("proxy: {:?}", lite.proxy.stats());
 }

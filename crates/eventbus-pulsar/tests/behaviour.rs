@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use eventbus::{Message, StartPosition, Subscription};
 use eventbus_pulsar::PulsarSettings;
-use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
-use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use eventbus_testkit::pulsar_proxy::PulsarLite;
 use futures::StreamExt;
 
 fn message(body: &str) -> Message {
@@ -20,11 +19,8 @@ fn message(body: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_rides_out_a_broker_restart() {
-    let mut broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
-        .await
-        .unwrap();
-    let proxy = PulsarFrameProxy::start(broker.addr()).await.unwrap();
-    let transport = eventbus_pulsar::connect(PulsarSettings::new(proxy.url()))
+    let mut lite = PulsarLite::start().await.unwrap();
+    let transport = eventbus_pulsar::connect(PulsarSettings::new(lite.url()))
         .await
         .unwrap();
     let mut stream = transport
@@ -43,7 +39,7 @@ async fn a_subscription_rides_out_a_broker_restart() {
     first.unwrap().unwrap().ack().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    broker.restart().await.unwrap();
+    lite.broker.restart().await.unwrap();
     // Publishing fails until the client has reconnected; a caller retries, as here.
     let deadline = Instant::now() + Duration::from_secs(30);
     for body in ["after-0", "after-1", "after-2"] {
@@ -84,11 +80,8 @@ async fn a_subscription_rides_out_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_starts_at_a_message_id_a_publish_returned() {
-    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
-        .await
-        .unwrap();
-    let proxy = PulsarFrameProxy::start(broker.addr()).await.unwrap();
-    let transport = eventbus_pulsar::connect(PulsarSettings::new(proxy.url()))
+    let lite = PulsarLite::start().await.unwrap();
+    let transport = eventbus_pulsar::connect(PulsarSettings::new(lite.url()))
         .await
         .unwrap();
     let batch = ["m-0", "m-1", "m-2"].map(message).to_vec();

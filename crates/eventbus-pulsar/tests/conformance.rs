@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use eventbus_pulsar::{GroupMode, PulsarSettings};
 use eventbus_testkit::conformance::{cases, Report, Suite, Target};
-use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
-use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use eventbus_testkit::pulsar_proxy::PulsarLite;
 use tokio::sync::Mutex;
 
 const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -25,13 +24,11 @@ async fn run_on_pulsar_lite(mode: GroupMode) -> Report {
 
 /// [`run_on_pulsar_lite`], for the named cases only when `only` is given.
 async fn run_on_pulsar_lite_only(mode: GroupMode, only: Option<&[&str]>) -> Report {
-    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+    let lite = PulsarLite::start()
         .await
-        .expect("start pulsar-lite (pip install pulsar-lite)");
-    let proxy = PulsarFrameProxy::start(broker.addr())
-        .await
-        .expect("start the frame proxy");
-    let url = proxy.url();
+        .expect("start pulsar-lite (pip install pulsar-lite) and the frame proxy");
+    let url = lite.url();
+    let PulsarLite { broker, proxy } = lite;
     let broker = Arc::new(Mutex::new(broker));
     let restart_broker = broker.clone();
     let target = Target::new(format!("pulsar-lite ({mode:?})"), move || {

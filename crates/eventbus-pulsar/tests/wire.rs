@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use eventbus::{BusConfig, Envelope, ErrorKind, Event, Message};
 use eventbus_pulsar::PulsarSettings;
-use eventbus_testkit::fixture::{free_port, BrokerProcess, BrokerSpec};
+use eventbus_testkit::fixture::free_port;
 use eventbus_testkit::openedx::{
     sample_login, SessionLoginCompleted, OPEN_EDX_HEADER_NAMES, SAMPLE_LOGIN_DATUM,
     SAMPLE_LOGIN_HEADERS,
 };
-use eventbus_testkit::pulsar_proxy::PulsarFrameProxy;
+use eventbus_testkit::pulsar_proxy::PulsarLite;
 use futures::StreamExt;
 use pulsar::consumer::InitialPosition;
 use pulsar::{ConsumerOptions, Pulsar, SubType, TokioExecutor};
@@ -21,18 +21,16 @@ use tokio::sync::mpsc;
 
 const TOPIC: &str = "persistent://public/default/dev-user-login";
 
-async fn started() -> (BrokerProcess, PulsarFrameProxy) {
-    let broker = BrokerProcess::start(BrokerSpec::pulsar_lite())
+async fn started() -> PulsarLite {
+    PulsarLite::start()
         .await
-        .expect("start pulsar-lite (pip install pulsar-lite)");
-    let proxy = PulsarFrameProxy::start(broker.addr()).await.unwrap();
-    (broker, proxy)
+        .expect("start pulsar-lite (pip install pulsar-lite)")
 }
 
-async fn bus(proxy: &PulsarFrameProxy) -> eventbus::Bus {
+async fn bus(lite: &PulsarLite) -> eventbus::Bus {
     eventbus::connect(
         BusConfig::new()
-            .url(proxy.url())
+            .url(lite.url())
             .topic_prefix("dev")
             .service_name("lms"),
     )
@@ -42,14 +40,14 @@ async fn bus(proxy: &PulsarFrameProxy) -> eventbus::Bus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_event_has_open_edx_properties_key_and_datum() {
-    let (_broker, proxy) = started().await;
-    let bus = bus(&proxy).await;
+    let lite = started().await;
+    let bus = bus(&lite).await;
     bus.producer()
         .send("user-login", &sample_login())
         .await
         .unwrap();
 
-    let client = Pulsar::builder(proxy.url(), TokioExecutor)
+    let client = Pulsar::builder(lite.url(), TokioExecutor)
         .build()
         .await
         .unwrap();
@@ -111,8 +109,8 @@ async fn a_published_event_has_open_edx_properties_key_and_datum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_written_by_another_client_is_consumed_as_the_typed_event() {
-    let (_broker, proxy) = started().await;
-    let bus = bus(&proxy).await;
+    let lite = started().await;
+    let bus = bus(&lite).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let consumer = bus
         .consumer("user-login", "wire-test")
@@ -124,7 +122,7 @@ async fn a_message_written_by_another_client_is_consumed_as_the_typed_event() {
         .await
         .unwrap();
 
-    let client = Pulsar::builder(proxy.url(), TokioExecutor)
+    let client = Pulsar::builder(lite.url(), TokioExecutor)
         .build()
         .await
         .unwrap();
@@ -185,8 +183,8 @@ async fn an_unreachable_broker_is_a_temporary_connection_error_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_header_is_refused_before_it_reaches_the_broker() {
-    let (_broker, proxy) = started().await;
-    let transport = eventbus_pulsar::connect(PulsarSettings::new(proxy.url()))
+    let lite = started().await;
+    let transport = eventbus_pulsar::connect(PulsarSettings::new(lite.url()))
         .await
         .unwrap();
     let mut message = Message::default();

@@ -12,30 +12,20 @@
 //! machine hits both; the best round of each is reported, then the ratio eventbus / raw.
 //! `EVENTBUS_BENCH_MESSAGES` (default 50000) and `EVENTBUS_BENCH_ROUNDS` (default 5) scale it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use eventbus_core::serializer::SerializerKind;
-use eventbus_core::{Bus, BusConfig, Envelope, Message, Subscription, Transport};
+use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_redis::RedisSettings;
+use eventbus_testkit::bench::{consume_acking, env_or, rate, whole_bus};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
-use eventbus_testkit::openedx::{
-    sample_login, sample_login_message, SessionLoginCompleted, SAMPLE_LOGIN_DATUM,
-};
+use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 
 const BATCH: usize = 100;
 const READ_COUNT: usize = 64;
 const MAX_LEN: usize = 1_000_000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The batches one round publishes, built before the clock starts, for either side.
 fn batches(message: &Message, n: usize) -> Vec<Vec<Message>> {
@@ -147,65 +137,6 @@ async fn bus_publish(transport: &Transport, stream: &str, batches: Vec<Vec<Messa
     }
 }
 
-/// Takes deliveries and acknowledges each, with up to `in_flight` acknowledgements at once.
-async fn bus_consume(transport: &Transport, stream: &str, group: &str, n: usize, in_flight: usize) {
-    let mut deliveries = transport
-        .subscriber
-        .subscribe(Subscription::new(stream, group, "c"))
-        .await
-        .expect("eventbus subscribe");
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for _ in 0..n {
-        let d = deliveries.next().await.expect("open").expect("delivery");
-        std::hint::black_box(&d.message.payload);
-        acks.push(d.ack());
-        if acks.len() >= in_flight {
-            acks.next().await.expect("one ack").expect("eventbus ack");
-        }
-    }
-    while let Some(acked) = acks.next().await {
-        acked.expect("eventbus ack");
-    }
-}
-
-/// The whole bus: typed events encoded to Avro and published in batches, then decoded and
-/// dispatched to a receiver by the core's consumer runner, which acknowledges each.
-async fn bus_end_to_end(bus: &Bus, topic: &str, n: usize) -> (f64, f64) {
-    let events = vec![sample_login(); BATCH];
-    let t = Instant::now();
-    for _ in 0..n / BATCH {
-        bus.producer()
-            .send_batch(topic, &events)
-            .await
-            .expect("send_batch");
-    }
-    let published = rate(n, t.elapsed());
-    let seen = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let (counter, finished) = (seen.clone(), done.clone());
-    let t = Instant::now();
-    let consumer = bus
-        .consumer(topic, "bus-e2e")
-        .handle(move |e: Envelope<SessionLoginCompleted>| {
-            std::hint::black_box(e.event());
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                finished.notify_one();
-            }
-            async { Ok::<_, std::io::Error>(()) }
-        })
-        .start()
-        .await
-        .expect("start consumer");
-    done.notified().await;
-    let consumed = rate(n, t.elapsed());
-    consumer.shutdown().await.expect("shutdown");
-    (published, consumed)
-}
-
-fn rate(n: usize, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = env_or("EVENTBUS_BENCH_MESSAGES", 50_000) / BATCH * BATCH;
@@ -265,10 +196,10 @@ async fn main() {
             raw_consume(&mut raw, &raw_stream, &group, n, in_flight).await;
             keep(i, rate(n, t.elapsed()));
             let t = Instant::now();
-            bus_consume(&transport, &bus_stream, &group, n, in_flight).await;
+            consume_acking(&transport, &bus_stream, &group, n, in_flight).await;
             keep(i + 1, rate(n, t.elapsed()));
         }
-        let (published, consumed) = bus_end_to_end(&bus, &format!("e2e-{round}"), n).await;
+        let (published, consumed) = whole_bus(&bus, &format!("e2e-{round}"), n, BATCH).await;
         keep(6, published);
         keep(7, consumed);
         let _: () = redis::cmd("DEL")

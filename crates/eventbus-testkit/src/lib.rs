@@ -3,6 +3,7 @@
 //! real broker processes.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod capture;
 pub mod conformance;
 pub mod fixture;

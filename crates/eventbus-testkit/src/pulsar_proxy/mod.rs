@@ -47,9 +47,36 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use frame::{Fixed, FrameError};
 
+use crate::fixture::{BrokerProcess, BrokerSpec};
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A pulsar-lite broker with the frame proxy in front: what every test of a `pulsar`-crate
+/// client against pulsar-lite needs. Clients connect to [`PulsarLite::url`]; restart the
+/// broker through `broker`, the proxy stays.
+#[derive(Debug)]
+pub struct PulsarLite {
+    /// The broker process ([`BrokerSpec::pulsar_lite`]).
+    pub broker: BrokerProcess,
+    /// The proxy clients talk through.
+    pub proxy: PulsarFrameProxy,
+}
+
+impl PulsarLite {
+    /// Starts pulsar-lite on a free port and the proxy in front of it.
+    pub async fn start() -> Result<Self> {
+        let broker = BrokerProcess::start(BrokerSpec::pulsar_lite()).await?;
+        let proxy = PulsarFrameProxy::start(broker.addr()).await?;
+        Ok(Self { broker, proxy })
+    }
+
+    /// `pulsar://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        self.proxy.url()
+    }
+}
 
 /// What a [`PulsarFrameProxy`] has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,0 +1,87 @@
+//! What the backends' throughput benches share: their knobs, the rate they report, and the
+//! eventbus side of the consume and whole-bus rows, which is the same code on every broker.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus_core::{Bus, Envelope, Subscription, Transport};
+use futures::StreamExt;
+
+use crate::openedx::{sample_login, SessionLoginCompleted};
+
+/// The value of the environment variable `name` as a number, or `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Messages per second.
+pub fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// Subscribes `group` to `topic` and takes `n` deliveries, acknowledging each with up to
+/// `in_flight` acknowledgements at once. Panics on any error: it is for benches.
+pub async fn consume_acking(
+    transport: &Transport,
+    topic: &str,
+    group: &str,
+    n: usize,
+    in_flight: usize,
+) {
+    let mut deliveries = transport
+        .subscriber
+        .subscribe(Subscription::new(topic, group, "c"))
+        .await
+        .expect("eventbus subscribe");
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for _ in 0..n {
+        let d = deliveries.next().await.expect("open").expect("delivery");
+        std::hint::black_box(&d.message.payload);
+        acks.push(d.ack());
+        if acks.len() >= in_flight {
+            acks.next().await.expect("one ack").expect("eventbus ack");
+        }
+    }
+    while let Some(acked) = acks.next().await {
+        acked.expect("eventbus ack");
+    }
+}
+
+/// The whole bus: `n` Open edX logins encoded to Avro and published in batches of `batch`,
+/// then decoded and dispatched to a receiver by the core's consumer runner, which acknowledges
+/// each. Returns (published, consumed) events per second.
+pub async fn whole_bus(bus: &Bus, topic: &str, n: usize, batch: usize) -> (f64, f64) {
+    let events = vec![sample_login(); batch];
+    let t = Instant::now();
+    for _ in 0..n / batch {
+        bus.producer()
+            .send_batch(topic, &events)
+            .await
+            .expect("send_batch");
+    }
+    let published = rate(n, t.elapsed());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (counter, finished) = (seen.clone(), done.clone());
+    let t = Instant::now();
+    let consumer = bus
+        .consumer(topic, "bus-e2e")
+        .handle(move |e: Envelope<SessionLoginCompleted>| {
+            std::hint::black_box(e.event());
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                finished.notify_one();
+            }
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await
+        .expect("start consumer");
+    done.notified().await;
+    let consumed = rate(n, t.elapsed());
+    consumer.shutdown().await.expect("shutdown");
+    (published, consumed)
+}
