@@ -15,6 +15,8 @@ use futures::Stream;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub mod departures;
+
 /// Message headers: ordered UTF-8 name/value pairs. A name may repeat (Kafka allows it), which is
 /// why this is not a map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

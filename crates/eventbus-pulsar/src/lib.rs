@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod client;
-mod departures;
 mod publisher;
 mod reader;
 mod settings;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use eventbus_core::transport::departures::{GroupKey, Membership};
 use eventbus_core::transport::{reconnect_delay, Acknowledge};
 use eventbus_core::{
     Delivery, DeliveryStream, Error, ErrorKind, Headers, Message, Position, Result,
@@ -26,7 +27,6 @@ use pulsar::proto::MessageIdData;
 use tokio::sync::watch;
 
 use crate::client::{failed, format_id};
-use crate::departures::{GroupKey, Membership};
 use crate::subscriber::{Opener, PulsarConsumer};
 use crate::PulsarSettings;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use eventbus_core::transport::closed_error;
+use eventbus_core::transport::departures::{wait_for_departures, GroupKey};
 use eventbus_core::{DeliveryStream, ErrorKind, Result, StartPosition, Subscriber, Subscription};
 use pulsar::consumer::InitialPosition;
 use pulsar::error::ConnectionError;
@@ -14,7 +15,6 @@ use pulsar::{Consumer, ConsumerOptions, TokioExecutor};
 use tokio::sync::watch;
 
 use crate::client::{failed, full_topic, parse_id, Client};
-use crate::departures::{wait_for_departures, GroupKey};
 use crate::reader;
 use crate::PulsarSettings;
 
@@ -173,13 +173,7 @@ impl Subscriber for PulsarSubscriber {
             .collect();
         let keys: Vec<GroupKey> = topics
             .iter()
-            .map(|(full, _)| {
-                (
-                    self.settings.url.clone(),
-                    full.clone(),
-                    subscription.group.clone(),
-                )
-            })
+            .map(|(full, _)| GroupKey::new([&self.settings.url, full, &subscription.group]))
             .collect();
         wait_for_departures(&keys, self.settings.close_timeout).await;
         let mut consumers = Vec::with_capacity(topics.len());

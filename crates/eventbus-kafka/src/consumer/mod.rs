@@ -3,13 +3,16 @@
 mod group;
 mod worker;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use eventbus_core::transport::closed_error;
-use eventbus_core::{DeliveryStream, Error, ErrorKind, Result, Subscriber, Subscription};
-use futures::StreamExt;
+use eventbus_core::transport::departures::{wait_for_departures, GroupKey, Membership};
+use eventbus_core::{Delivery, DeliveryStream, Error, ErrorKind, Result, Subscriber, Subscription};
+use futures::Stream;
 use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
 
@@ -68,13 +71,23 @@ impl Subscriber for KafkaSubscriber {
         subscription.check()?;
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         self.topics.ensure(&topics).await?;
+        // A member of this process still leaving the group would join the rebalance this
+        // member starts; on tansu 0.6 that can leave the group without a leader for good.
+        let key = GroupKey::new([&self.settings.bootstrap_servers, &subscription.group]);
+        wait_for_departures(std::slice::from_ref(&key), worker::CLOSE_TIMEOUT * 2).await;
+        let membership = Membership::new(key);
         let consumer = self.consumer(&subscription)?;
         consumer.subscribe(&topics).map_err(|e| {
             failed(ErrorKind::Subscribe, "subscribe", e).with("topics", topics.join(","))
         })?;
         let mut joined = consumer.context().joined();
         let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker::new(consumer, tx, self.settings.partition_buffer);
+        let worker = Worker::new(
+            consumer,
+            tx,
+            self.settings.partition_buffer,
+            membership.clone(),
+        );
         tokio::spawn(worker.run(self.closed.subscribe()));
         // Start positions mean something only once partitions are assigned; publishing right
         // after subscribing must not race the group's join.
@@ -88,14 +101,33 @@ impl Subscriber for KafkaSubscriber {
             .with("timeout", format!("{JOIN_TIMEOUT:?}"))
             .temporary());
         }
-        Ok(
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) })
-                .boxed(),
-        )
+        Ok(Box::pin(MemberStream { rx, membership }))
     }
 
     async fn close(&self) -> Result<()> {
         self.closed.send_replace(true);
         Ok(())
+    }
+}
+
+/// A subscription's stream: what the worker hands out. Dropping it makes the member leave.
+struct MemberStream {
+    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
+    membership: Membership,
+}
+
+impl Stream for MemberStream {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for MemberStream {
+    fn drop(&mut self) {
+        // Marked here, synchronously, so that a subscribe right after the drop waits for the
+        // worker to take the consumer out of the group.
+        self.membership.leave();
     }
 }

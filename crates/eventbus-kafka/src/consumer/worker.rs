@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::DateTime;
+use eventbus_core::transport::departures::Membership;
 use eventbus_core::{Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,7 +29,7 @@ use crate::client::failed;
 pub(crate) type KafkaConsumer = BaseConsumer<GroupContext>;
 
 /// How long closing may wait for the group to let the consumer go.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 type Deliveries = mpsc::UnboundedSender<Result<Delivery>>;
 
 /// What acknowledgers tell the worker.
@@ -103,10 +104,16 @@ pub(crate) struct Worker {
     partitions: HashMap<Partition, PartitionState>,
     next_epoch: u64,
     buffer: usize,
+    membership: Membership,
 }
 
 impl Worker {
-    pub(crate) fn new(mut consumer: KafkaConsumer, deliveries: Deliveries, buffer: usize) -> Self {
+    pub(crate) fn new(
+        mut consumer: KafkaConsumer,
+        deliveries: Deliveries,
+        buffer: usize,
+        membership: Membership,
+    ) -> Self {
         let (command_tx, commands) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let waker = wake.clone();
@@ -120,6 +127,7 @@ impl Worker {
             partitions: HashMap::new(),
             next_epoch: 1,
             buffer,
+            membership,
         }
     }
 
@@ -170,6 +178,7 @@ impl Worker {
     /// Commits what was acknowledged and leaves the group, off the async threads.
     async fn close(self) {
         let consumer = self.consumer;
+        let membership = self.membership;
         let closed = tokio::task::spawn_blocking(move || {
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -197,6 +206,7 @@ impl Worker {
                     let _ = consumer.poll(Duration::from_millis(50));
                 }
             }
+            membership.gone();
             std::thread::spawn(move || drop(consumer));
         })
         .await;
