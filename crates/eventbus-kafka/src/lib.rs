@@ -33,6 +33,11 @@
 //!   so per key, with concurrency across partitions. A nack hands the same message out again
 //!   after its delay. A partition whose buffer fills (`EVENT_BUS_KAFKA_PARTITION_BUFFER`) is
 //!   paused, never the poll loop, so the group session does not starve.
+//! - **Leaving and joining.** Dropping a stream returns at once; its consumer commits, leaves
+//!   the group and closes in the background. A `subscribe` to the same group in the same
+//!   process waits until that is done (up to 20 s), so the join causes one rebalance instead of
+//!   overlapping the departure (tansu 0.6 never finishes a rebalance that a departing leader
+//!   overlapped).
 //! - **Start positions** apply to the partitions a subscription sees first: earliest, latest, a
 //!   time (offsets for times; consumption goes on after the replay), or offsets as
 //!   `"partition@offset,…"`. Without one, a group resumes from its commits, and a new group
