@@ -1,11 +1,11 @@
-//! Behaviour beyond the conformance suite: a subscription rides out a broker restart, and a
-//! group starts at a message id.
+//! Behaviour beyond the conformance suite: a subscription rides out a broker restart, a group
+//! starts at a message id, and a Failover group has one active member.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use eventbus::{Message, StartPosition, Subscription};
-use eventbus_pulsar::PulsarSettings;
+use eventbus::{DeliveryStream, Message, StartPosition, Subscription, Transport};
+use eventbus_pulsar::{GroupMode, PulsarSettings};
 use eventbus_testkit::pulsar_proxy::PulsarLite;
 use futures::StreamExt;
 
@@ -114,4 +114,85 @@ async fn a_group_starts_at_a_message_id_a_publish_returned() {
         .expect("a malformed id is refused");
     assert_eq!(err.kind(), eventbus::ErrorKind::Config);
     assert!(err.to_string().contains("ledger:entry"), "{err}");
+}
+
+async fn publish_one(transport: &Transport, topic: &str, body: &str) {
+    transport
+        .publisher
+        .publish(topic, vec![message(body)])
+        .await
+        .unwrap();
+}
+
+/// Takes the next delivery, checks its body and acknowledges it.
+async fn take_and_ack(stream: &mut DeliveryStream, body: &str) {
+    let next = tokio::time::timeout(Duration::from_secs(15), stream.next()).await;
+    let delivery = next.expect("a delivery in time").unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&delivery.message.payload), body);
+    delivery.ack().await.unwrap();
+    // Acks have no answer: let this one reach the broker before the next message does.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn nothing_on(stream: &mut DeliveryStream, what: &str) {
+    let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
+    assert!(
+        more.is_err(),
+        "{what}: {:?}",
+        more.map(|d| d.map(|d| d.map(|d| d.message.payload)))
+    );
+}
+
+/// The Failover mapping, message by message. The conformance suite's Failover run is opt-in on
+/// pulsar-lite (see tests/conformance.rs): its Failover dispatcher sends every unacknowledged
+/// message again whenever a new one arrives. Here each message is acknowledged before the next
+/// is published, which keeps clear of that fault while checking what Failover promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_group_has_one_active_member_and_hands_over_when_it_leaves() {
+    let lite = PulsarLite::start().await.unwrap();
+    let mut settings = PulsarSettings::new(lite.url());
+    settings.group_mode = GroupMode::Failover;
+    let transport = eventbus_pulsar::connect(settings).await.unwrap();
+    let guarantees = transport.guarantees;
+    assert!(guarantees.order_per_key && !guarantees.shared_groups);
+    let subscribe = |member: &'static str| {
+        transport
+            .subscriber
+            .subscribe(Subscription::new("failover", "g", member))
+    };
+    let mut one = subscribe("member-1").await.unwrap();
+    let mut two = subscribe("member-2").await.unwrap();
+
+    // The broker picks the active member; the first message shows which.
+    publish_one(&transport, "failover", "m-0").await;
+    let (first, active_is_one) = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::select! {
+            d = one.next() => (d, true),
+            d = two.next() => (d, false),
+        }
+    })
+    .await
+    .expect("one member gets the first message");
+    let first = first.unwrap().unwrap();
+    assert_eq!(&first.message.payload[..], b"m-0");
+    first.ack().await.unwrap();
+    let (mut active, mut standby) = if active_is_one {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    for body in ["m-1", "m-2", "m-3"] {
+        publish_one(&transport, "failover", body).await;
+        take_and_ack(&mut active, body).await;
+    }
+    nothing_on(&mut standby, "the standby member got a message").await;
+
+    // The active member leaves: the standby one takes over where it stopped.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(active);
+    for body in ["m-4", "m-5"] {
+        publish_one(&transport, "failover", body).await;
+        take_and_ack(&mut standby, body).await;
+    }
+    nothing_on(&mut standby, "acknowledged messages came again").await;
 }
