@@ -78,7 +78,8 @@ async fn basic_auth_is_sent_and_its_absence_explained() {
 
 #[tokio::test]
 async fn an_unreachable_registry_is_a_temporary_error_naming_the_setting() {
-    let port = eventbus_testkit::fixture::free_port().unwrap();
+    let refusing = eventbus_testkit::fixture::RefusingPort::new().unwrap();
+    let port = refusing.port();
     let client =
         RegistryClient::new(RegistrySettings::new(format!("http://127.0.0.1:{port}"))).unwrap();
     let err = client.schema(1).await.unwrap_err();

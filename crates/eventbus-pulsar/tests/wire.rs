@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use eventbus::{BusConfig, Envelope, ErrorKind, Event, Message};
 use eventbus_pulsar::PulsarSettings;
-use eventbus_testkit::fixture::free_port;
+use eventbus_testkit::fixture::RefusingPort;
 use eventbus_testkit::openedx::{
     sample_login, SessionLoginCompleted, OPEN_EDX_HEADER_NAMES, SAMPLE_LOGIN_DATUM,
     SAMPLE_LOGIN_HEADERS,
@@ -163,7 +163,8 @@ async fn a_message_written_by_another_client_is_consumed_as_the_typed_event() {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_a_temporary_connection_error_naming_it() {
-    let port = free_port().unwrap();
+    let refusing = RefusingPort::new().unwrap();
+    let port = refusing.port();
     let mut settings = PulsarSettings::new(format!("pulsar://127.0.0.1:{port}"));
     settings.connect_timeout = Duration::from_secs(2);
     let started = std::time::Instant::now();

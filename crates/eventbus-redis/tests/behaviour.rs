@@ -228,7 +228,8 @@ async fn credentials_in_the_url_are_used_and_bad_ones_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_a_clear_error() {
-    let port = eventbus_testkit::fixture::free_port().unwrap();
+    let refusing = eventbus_testkit::fixture::RefusingPort::new().unwrap();
+    let port = refusing.port();
     let mut settings = RedisSettings::new(format!("redis://127.0.0.1:{port}"));
     settings.connect_timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();

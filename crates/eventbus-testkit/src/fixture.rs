@@ -181,6 +181,38 @@ pub fn free_port() -> Result<u16> {
     Ok(free_ports(1)?[0])
 }
 
+/// A port on 127.0.0.1 that refuses connections for as long as this value lives: bound but
+/// never listening. Tests of "unreachable broker" errors use it instead of [`free_port`],
+/// whose port the next broker a parallel test starts may take.
+#[derive(Debug)]
+pub struct RefusingPort {
+    // Bound without SO_REUSEADDR, so no other socket can bind the port meanwhile.
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl RefusingPort {
+    /// Reserves a port; connecting to it fails at once with "connection refused".
+    pub fn new() -> Result<Self> {
+        let bind_error =
+            |e| Error::new(ErrorKind::Connection, "cannot bind a loopback port").with_source(e);
+        let socket = tokio::net::TcpSocket::new_v4().map_err(bind_error)?;
+        socket
+            .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .map_err(bind_error)?;
+        let port = socket.local_addr().map_err(bind_error)?.port();
+        Ok(Self {
+            _socket: socket,
+            port,
+        })
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// Several distinct free ports: all listeners are held until every port is known, because a
 /// port released early may be handed out again by the very next bind.
 fn free_ports(count: usize) -> Result<Vec<u16>> {
@@ -430,6 +462,18 @@ mod tests {
             install_hint: "apt-get install fake-broker-9f3a",
         };
         BrokerProcess::start(spec).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_refusing_port_refuses_at_once_and_cannot_be_taken() {
+        let refusing = RefusingPort::new().unwrap();
+        let started = Instant::now();
+        let err = TcpStream::connect((Ipv4Addr::LOCALHOST, refusing.port()))
+            .await
+            .expect_err("nothing listens there");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, refusing.port())).is_err());
     }
 
     #[tokio::test]
