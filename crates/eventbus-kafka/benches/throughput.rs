@@ -17,7 +17,7 @@ use std::time::Instant;
 use eventbus_core::serializer::confluent_frame;
 use eventbus_core::{Message, Subscription, Transport};
 use eventbus_kafka::KafkaSettings;
-use eventbus_testkit::bench::{env_or, rate};
+use eventbus_testkit::bench::{env_or, print_comparison, rate};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use futures::StreamExt;
@@ -162,18 +162,19 @@ async fn main() {
         "tansu 0.6.0 on loopback, {n} messages of {} bytes per round, {PARTITIONS} partitions, best of {rounds} rounds",
         message.payload.len()
     );
-    println!("| path | raw rdkafka | eventbus | ratio |");
-    println!("|---|---|---|---|");
-    let row = |what: &str, raw: f64, bus: f64| {
-        println!(
-            "| {what} | {raw:.0} msg/s | {bus:.0} msg/s | {:.2} |",
-            bus / raw
-        );
-    };
-    row(
-        &format!("publish, batches of {BATCH}, idempotent"),
-        best[0],
-        best[1],
+    print_comparison(
+        "raw rdkafka",
+        &[
+            (
+                format!("publish, batches of {BATCH}, idempotent"),
+                best[0],
+                best[1],
+            ),
+            (
+                "consume + store offset + auto-commit".to_owned(),
+                best[2],
+                best[3],
+            ),
+        ],
     );
-    row("consume + store offset + auto-commit", best[2], best[3]);
 }

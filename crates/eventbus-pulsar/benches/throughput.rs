@@ -31,7 +31,9 @@ use std::time::Instant;
 use eventbus_core::serializer::SerializerKind;
 use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_pulsar::{producer_options, to_pulsar, PulsarSettings};
-use eventbus_testkit::bench::{consume_acking, env_or, rate, whole_bus};
+use eventbus_testkit::bench::{
+    consume_acking, env_or, print_comparison, print_whole_bus, rate, whole_bus,
+};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use eventbus_testkit::pulsar_proxy::PulsarLite;
 use futures::StreamExt;
@@ -212,36 +214,26 @@ async fn main() {
         "pulsar-lite through the frame proxy on loopback, {n} messages of {} bytes of Avro per round, best of {rounds} rounds",
         SAMPLE_LOGIN_DATUM.len()
     );
-    println!("| path | raw pulsar crate | eventbus | ratio |");
-    println!("|---|---|---|---|");
-    let row = |what: String, raw: f64, bus: f64| {
-        println!(
-            "| {what} | {raw:.0} msg/s | {bus:.0} msg/s | {:.2} |",
-            bus / raw
-        );
-    };
-    row(
-        format!("publish, batches of {BATCH}, all receipts awaited"),
-        best[0],
-        best[1],
+    print_comparison(
+        "raw pulsar crate",
+        &[
+            (
+                format!("publish, batches of {BATCH}, all receipts awaited"),
+                best[0],
+                best[1],
+            ),
+            (
+                "consume + ack, one awaited ack at a time".to_owned(),
+                best[2],
+                best[3],
+            ),
+            (
+                format!("consume + ack, up to {IN_FLIGHT} eventbus acks in flight"),
+                best[4],
+                best[5],
+            ),
+        ],
     );
-    row(
-        "consume + ack, one awaited ack at a time".to_owned(),
-        best[2],
-        best[3],
-    );
-    row(
-        format!("consume + ack, up to {IN_FLIGHT} eventbus acks in flight"),
-        best[4],
-        best[5],
-    );
-    println!(
-        "| whole bus: send_batch of typed events (Avro encode) | | {:.0} events/s | |",
-        best[6]
-    );
-    println!(
-        "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {:.0} events/s | |",
-        best[7]
-    );
+    print_whole_bus((best[6], best[7]));
     println!("proxy: {:?}", lite.proxy.stats());
 }

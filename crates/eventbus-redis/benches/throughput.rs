@@ -17,7 +17,9 @@ use std::time::Instant;
 use eventbus_core::serializer::SerializerKind;
 use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_redis::RedisSettings;
-use eventbus_testkit::bench::{consume_acking, env_or, rate, whole_bus};
+use eventbus_testkit::bench::{
+    consume_acking, env_or, print_comparison, print_whole_bus, rate, whole_bus,
+};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use futures::StreamExt;
@@ -214,35 +216,25 @@ async fn main() {
         "redis-server on loopback, {n} entries of {} bytes of Avro per round, best of {rounds} rounds",
         SAMPLE_LOGIN_DATUM.len()
     );
-    println!("| path | raw redis crate | eventbus | ratio |");
-    println!("|---|---|---|---|");
-    let row = |what: String, raw: f64, bus: f64| {
-        println!(
-            "| {what} | {raw:.0} msg/s | {bus:.0} msg/s | {:.2} |",
-            bus / raw
-        );
-    };
-    row(
-        format!("publish, pipelined batches of {BATCH}"),
-        best[0],
-        best[1],
+    print_comparison(
+        "raw redis crate",
+        &[
+            (
+                format!("publish, pipelined batches of {BATCH}"),
+                best[0],
+                best[1],
+            ),
+            (
+                format!("consume + ack, reads of {READ_COUNT}, one awaited XACK at a time"),
+                best[2],
+                best[3],
+            ),
+            (
+                format!("consume + ack, reads of {READ_COUNT}, up to {READ_COUNT} XACKs in flight"),
+                best[4],
+                best[5],
+            ),
+        ],
     );
-    row(
-        format!("consume + ack, reads of {READ_COUNT}, one awaited XACK at a time"),
-        best[2],
-        best[3],
-    );
-    row(
-        format!("consume + ack, reads of {READ_COUNT}, up to {READ_COUNT} XACKs in flight"),
-        best[4],
-        best[5],
-    );
-    println!(
-        "| whole bus: send_batch of typed events (Avro encode) | | {:.0} events/s | |",
-        best[6]
-    );
-    println!(
-        "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {:.0} events/s | |",
-        best[7]
-    );
+    print_whole_bus((best[6], best[7]));
 }

@@ -85,3 +85,26 @@ pub async fn whole_bus(bus: &Bus, topic: &str, n: usize, batch: usize) -> (f64, 
     consumer.shutdown().await.expect("shutdown");
     (published, consumed)
 }
+
+/// Prints the comparison table in Markdown: one row per `(path, raw, eventbus)` in messages
+/// per second, with the eventbus/raw ratio; `client` names the raw client's column.
+pub fn print_comparison(client: &str, rows: &[(String, f64, f64)]) {
+    println!("| path | {client} | eventbus | ratio |");
+    println!("|---|---|---|---|");
+    for (path, raw, bus) in rows {
+        println!(
+            "| {path} | {raw:.0} msg/s | {bus:.0} msg/s | {:.2} |",
+            bus / raw
+        );
+    }
+}
+
+/// Prints the two rows of a [`whole_bus`] result under the comparison table.
+pub fn print_whole_bus((published, consumed): (f64, f64)) {
+    println!(
+        "| whole bus: send_batch of typed events (Avro encode) | | {published:.0} events/s | |"
+    );
+    println!(
+        "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {consumed:.0} events/s | |"
+    );
+}

@@ -5,7 +5,7 @@
 //! bare Avro datum the Python producer writes, encoded by hand so that a test does not check the
 //! encoder against itself.
 
-use eventbus_core::{AvroRecord, Event, EventMetadata, Headers, Message};
+use eventbus_core::{AvroRecord, Envelope, Event, EventMetadata, Headers, Message};
 use serde::{Deserialize, Serialize};
 
 /// Open edX's `UserPersonalData`.
@@ -108,6 +108,21 @@ pub fn sample_login_message(payload: Vec<u8>) -> Message {
         payload: payload.into(),
         headers,
     }
+}
+
+/// Checks that `got` is the login another client wrote with [`SAMPLE_LOGIN_HEADERS`] and
+/// [`SAMPLE_LOGIN_DATUM`]: the event, and the id, source library and time of its headers.
+pub fn assert_sample_login(got: &Envelope<SessionLoginCompleted>) {
+    assert_eq!(got.event(), &sample_login());
+    assert_eq!(
+        got.metadata().id.to_string(),
+        "6f5a0d0e-2f1c-4a57-9d7e-0b1f7f5d2c11"
+    );
+    assert_eq!(got.metadata().source_lib, "10.5.0");
+    assert_eq!(
+        got.metadata().time_string(),
+        "2026-11-22T05:20:27.505586+00:00"
+    );
 }
 
 #[cfg(test)]
