@@ -125,6 +125,24 @@ pub fn assert_sample_login(got: &Envelope<SessionLoginCompleted>) {
     );
 }
 
+/// Checks the headers (Kafka) or properties (Pulsar) of a login that eventbus published, by
+/// name: exactly [`OPEN_EDX_HEADER_NAMES`], the login's type and source, CloudEvents 1.0, Avro
+/// content, a UUID id and a UTC time in Python's isoformat.
+pub fn assert_published_login_headers(headers: &std::collections::BTreeMap<String, String>) {
+    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    assert_eq!(names, OPEN_EDX_HEADER_NAMES);
+    assert_eq!(headers["ce_type"], SessionLoginCompleted::EVENT_TYPE);
+    assert_eq!(headers["ce_source"], "openedx/lms/web");
+    assert_eq!(headers["ce_specversion"], "1.0");
+    assert_eq!(headers["content-type"], "application/avro");
+    assert!(uuid::Uuid::parse_str(&headers["ce_id"]).is_ok());
+    assert!(
+        headers["ce_time"].ends_with("+00:00"),
+        "{}",
+        headers["ce_time"]
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
