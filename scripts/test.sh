@@ -24,6 +24,36 @@ if ! have cargo; then
     echo "error: cargo is missing; install the Rust toolchain (rustup) first" >&2
     exit 1
 fi
+# Before anything is installed: the README's first command must build and run with cargo alone.
+# Stand-ins for protoc, g++/c++ and cmake that fail shadow any real ones, so this holds even on a
+# machine that has them; the unit list (`Compiling`/`Fresh` lines name every unit) must hold no
+# broker client and no test fixture.
+echo "== the quickstart with nothing but cargo"
+no_tools=$(mktemp -d)
+trap 'rm -rf "$no_tools"' EXIT
+for tool in protoc g++ c++ clang++ cmake; do
+    printf '#!/bin/sh\necho "%s is not available on a cargo-only machine" >&2\nexit 127\n' "$tool" \
+        >"$no_tools/$tool"
+    chmod +x "$no_tools/$tool"
+done
+quickstart_log="$no_tools/quickstart-build.log"
+if ! env -u PROTOC PATH="$no_tools:$PATH" cargo build -v --locked --example quickstart \
+    >"$quickstart_log" 2>&1; then
+    tail -n 40 "$quickstart_log" >&2
+    echo "error: the quickstart does not build with cargo alone (log above)" >&2
+    exit 1
+fi
+forbidden=$(grep -E '^ +(Compiling|Fresh) ' "$quickstart_log" | awk '{print $2}' \
+    | grep -E -x 'rdkafka|rdkafka-sys|pulsar|redis|reqwest|prost-build|tempfile|crc|axum|eventbus-(redis|kafka|pulsar)' \
+    | sort -u || true)
+if [ -n "$forbidden" ]; then
+    echo "error: the quickstart's build compiles broker clients or test machinery:" $forbidden >&2
+    exit 1
+fi
+units=$(grep -c -E '^ +(Compiling|Fresh) ' "$quickstart_log")
+env -u PROTOC PATH="$no_tools:$PATH" cargo run --quiet --locked --example quickstart >/dev/null
+echo "quickstart: built from $units units with cargo alone, and ran"
+
 if have rustup; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
@@ -59,7 +89,7 @@ for example in quickstart retries_and_dead_letters alert_service; do
 done
 # The same quickstart, unchanged, against a real redis-server that the testkit fixture starts
 # on a free port (and stops afterwards).
-cargo run --quiet --locked -p eventbus-testkit --bin with-broker -- redis -- \
+cargo run --quiet --locked -p eventbus-testkit --features fixtures --bin with-broker -- redis -- \
     cargo run --quiet --locked --example quickstart --features redis >/dev/null
 echo "example quickstart on redis: ok"
 # And against tansu with the schema-registry fixture.
@@ -67,6 +97,6 @@ cargo run --quiet --locked -p eventbus-testkit --features registry --bin with-br
     cargo run --quiet --locked --example quickstart --features kafka >/dev/null
 echo "example quickstart on kafka: ok"
 # And against pulsar-lite, through the testkit's frame proxy.
-cargo run --quiet --locked -p eventbus-testkit --bin with-broker -- pulsar -- \
+cargo run --quiet --locked -p eventbus-testkit --features fixtures --bin with-broker -- pulsar -- \
     cargo run --quiet --locked --example quickstart --features pulsar >/dev/null
 echo "example quickstart on pulsar: ok"

@@ -1,7 +1,7 @@
 //! Runs a command against a broker started by the testkit fixture, then stops the broker.
 //!
 //! ```text
-//! cargo run -p eventbus-testkit --bin with-broker -- redis -- cargo run --example quickstart --features redis
+//! cargo run -p eventbus-testkit --features fixtures --bin with-broker -- redis -- cargo run --example quickstart --features redis
 //! ```
 //!
 //! The command gets `EVENT_BUS_URL` pointing at the broker; its exit code is passed on. This is
