@@ -39,6 +39,10 @@ pub enum ErrorKind {
     TooManyErrors,
     /// The backend does not support the requested operation.
     Unsupported,
+    /// An acknowledgement came after the delivery stopped being this member's (its partition was
+    /// revoked, say): nothing is lost, the broker delivers the message again, to this member or
+    /// another. At-least-once, not a failure.
+    Reassigned,
 }
 
 impl ErrorKind {
@@ -58,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::TooManyErrors => "too many consecutive errors",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Reassigned => "delivery reassigned",
         }
     }
 }

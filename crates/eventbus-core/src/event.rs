@@ -39,6 +39,9 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const EVENT_TYPE: &'static str;
     /// The minor version of the schema; bumped when optional fields are added.
     const MINOR_VERSION: u32;
+    /// The dotted path of the key field (`user.id`), the `key` of the derive. Its definition in
+    /// the schema is the key schema of the Confluent framing.
+    const KEY_FIELD: Option<&'static str> = None;
 
     /// The event's Avro schema (parsed once, then cached).
     fn schema() -> Result<&'static EventSchema>;

@@ -98,18 +98,30 @@ impl EventMetadata {
     /// [`ErrorKind::InvalidHeaders`]; the other attributes are optional.
     pub fn from_headers(headers: &Headers) -> Result<Self> {
         let invalid = |what: &str| Error::new(ErrorKind::InvalidHeaders, what.to_owned());
-        let types: Vec<&str> = headers.get_all(header::TYPE).collect();
+        let types: Vec<&[u8]> = headers.get_all(header::TYPE).collect();
         let event_type = match types.as_slice() {
-            [one] if !one.is_empty() => (*one).to_owned(),
+            [one] if !one.is_empty() => std::str::from_utf8(one)
+                .map_err(|_| {
+                    invalid("the ce_type header is not UTF-8 text")
+                        .with("ce_type", one.escape_ascii())
+                })?
+                .to_owned(),
             [] | [_] => return Err(invalid("the message has no ce_type header")),
             many => {
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .collect();
                 return Err(invalid("the message has several ce_type headers")
-                    .with("ce_type", many.join(", ")))
+                    .with("ce_type", names.join(", ")));
             }
         };
-        let id = headers
-            .get(header::ID)
-            .ok_or_else(|| invalid("the message has no ce_id header"))?;
+        let id = match headers.get_bytes(header::ID) {
+            None => return Err(invalid("the message has no ce_id header")),
+            Some(raw) => std::str::from_utf8(raw).map_err(|_| {
+                invalid("the ce_id header is not UTF-8 text").with("ce_id", raw.escape_ascii())
+            })?,
+        };
         let id = Uuid::parse_str(id).map_err(|e| {
             invalid("the ce_id header is not a UUID")
                 .with("ce_id", id)

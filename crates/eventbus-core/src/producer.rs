@@ -3,11 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
 use crate::metadata::{source_for_service, EventMetadata};
 use crate::schema_registry::SchemaIds;
-use crate::serializer::{encode_event, Serializer};
+use crate::serializer::{encode_event, KeyContext, Serializer};
 use crate::transport::{Message, Position, Publisher};
 
 /// Who is producing, and where topics live.
@@ -95,8 +97,15 @@ impl Producer {
         self.schema_ids.as_ref()
     }
 
-    async fn register<E: Event>(&self, full_topic: &str) -> Result<()> {
+    /// Registers the key schema (first, as confluent-kafka does: a fresh registry then gives
+    /// the same ids as to a Python producer) and the event schema.
+    async fn register<E: Event>(&self, full_topic: &str, key_field: Option<&str>) -> Result<()> {
         if let Some(ids) = &self.schema_ids {
+            if let Some(field) = key_field {
+                ids.register_key::<E>(full_topic, field)
+                    .await
+                    .map_err(|e| e.with("topic", full_topic))?;
+            }
             ids.register::<E>(full_topic)
                 .await
                 .map_err(|e| e.with("topic", full_topic))?;
@@ -126,13 +135,14 @@ impl Producer {
         meta
     }
 
-    /// Encodes an event and its metadata into a message for the full topic `full_topic`.
+    /// Encodes an event and its metadata into a message for the full topic `full_topic`, with the
+    /// key already in its wire form (see [`Producer::encode_key`]).
     pub fn encode<E: Event>(
         &self,
         full_topic: &str,
         event: &E,
         metadata: &EventMetadata,
-        key: Option<String>,
+        key: Option<Bytes>,
     ) -> Result<Message> {
         let payload = encode_event(self.serializer.as_ref(), full_topic, event)
             .map_err(|e| e.with("topic", full_topic))?;
@@ -145,34 +155,89 @@ impl Producer {
         Ok(message)
     }
 
+    /// The wire form of the key whose text is `key`, taken from the field at `key_field` of `E`
+    /// (its type decides the Confluent key schema). The field's schema must have been registered
+    /// for `full_topic` when the format has ids; the `send` methods do that.
+    pub fn encode_key<E: Event>(
+        &self,
+        full_topic: &str,
+        key: Option<&str>,
+        key_field: Option<&str>,
+    ) -> Result<Option<Bytes>> {
+        let Some(key) = key else { return Ok(None) };
+        let ctx = KeyContext {
+            topic: full_topic,
+            event_type: E::EVENT_TYPE,
+            schema: E::schema()?,
+            field: key_field,
+        };
+        self.serializer
+            .encode_key(key, &ctx)
+            .map(|bytes| Some(bytes.into()))
+            .map_err(|e| e.with("topic", full_topic))
+    }
+
+    fn encode_keyed<E: Event>(
+        &self,
+        full_topic: &str,
+        event: &E,
+        metadata: &EventMetadata,
+        key: Option<&str>,
+        key_field: Option<&str>,
+    ) -> Result<Message> {
+        let key = self.encode_key::<E>(full_topic, key, key_field)?;
+        self.encode(full_topic, event, metadata, key)
+    }
+
     /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
     pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Position> {
         let full = self.settings.full_topic(topic);
-        self.register::<E>(&full).await?;
-        let message = self.encode(&full, event, &self.metadata::<E>(), event.key())?;
+        self.register::<E>(&full, E::KEY_FIELD).await?;
+        let key = event.key();
+        let message = self.encode_keyed(
+            &full,
+            event,
+            &self.metadata::<E>(),
+            key.as_deref(),
+            E::KEY_FIELD,
+        )?;
         single(self.publish(&full, vec![message]).await?, &full)
     }
 
-    /// Publishes an event that already has metadata (from a signal) with an explicit key.
+    /// Publishes an event that already has metadata (from a signal) with an explicit key: the
+    /// text of the value at `key_field`, or of the event type's own key field when `None`.
     pub async fn send_envelope<E: Event>(
         &self,
         topic: &str,
         envelope: &Envelope<E>,
-        key: Option<String>,
+        key: Option<&str>,
+        key_field: Option<&str>,
     ) -> Result<Position> {
         let full = self.settings.full_topic(topic);
-        self.register::<E>(&full).await?;
-        let message = self.encode(&full, envelope.event(), envelope.metadata(), key)?;
+        let field = key_field.or(E::KEY_FIELD);
+        self.register::<E>(&full, field.filter(|_| key.is_some()))
+            .await?;
+        let message =
+            self.encode_keyed(&full, envelope.event(), envelope.metadata(), key, field)?;
         single(self.publish(&full, vec![message]).await?, &full)
     }
 
     /// Publishes several events to `topic` in one batch, in order.
     pub async fn send_batch<E: Event>(&self, topic: &str, events: &[E]) -> Result<Vec<Position>> {
         let full = self.settings.full_topic(topic);
-        self.register::<E>(&full).await?;
+        self.register::<E>(&full, E::KEY_FIELD).await?;
         let messages = events
             .iter()
-            .map(|event| self.encode(&full, event, &self.metadata::<E>(), event.key()))
+            .map(|event| {
+                let key = event.key();
+                self.encode_keyed(
+                    &full,
+                    event,
+                    &self.metadata::<E>(),
+                    key.as_deref(),
+                    E::KEY_FIELD,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         self.publish(&full, messages).await
     }

@@ -177,7 +177,12 @@ impl Outbox {
             };
             let position = self
                 .producer
-                .send_envelope(&route.topic, envelope, key)
+                .send_envelope(
+                    &route.topic,
+                    envelope,
+                    key.as_deref(),
+                    route.key_field.as_deref(),
+                )
                 .await?;
             published.push((route.topic.clone(), position));
         }

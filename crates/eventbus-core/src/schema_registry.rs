@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::event::{Event, EventSchema};
-use crate::serializer::{confluent_subject, confluent_unframe, SchemaStore};
+use crate::serializer::{confluent_subject, confluent_unframe, KeySchema, SchemaStore};
 
 /// A schema registry (the Confluent REST API, or anything that hands out the same ids).
 #[async_trait]
@@ -55,7 +55,26 @@ impl SchemaIds {
         Ok(id)
     }
 
-    /// Makes sure the writer schema of a Confluent-framed `payload` is known, fetching it by id
+    /// Makes sure the key schema of the field at `key_field` of `E` has an id for `full_topic`
+    /// (subject `<full_topic>-<type name>`), registering it on first use.
+    pub async fn register_key<E: Event>(&self, full_topic: &str, key_field: &str) -> Result<u32> {
+        let key: Arc<KeySchema> = self
+            .store
+            .key_schema(E::EVENT_TYPE, key_field, E::schema()?)?;
+        let subject = key.subject(full_topic);
+        if let Some(id) = self.store.registered_id(&subject, key.schema()) {
+            return Ok(id);
+        }
+        let id = self
+            .registry
+            .register(&subject, key.schema())
+            .await
+            .map_err(|e| e.with("subject", &subject))?;
+        self.store.add_registered(&subject, id, key.schema().clone());
+        Ok(id)
+    }
+
+    /// Makes sure the writer schema of a Confluent-framed `payload` (or key) is known, fetching it by id
     /// when it is not. A payload without the framing is left to the decoder to report.
     pub async fn learn(&self, payload: &[u8]) -> Result<()> {
         let Ok((id, _)) = confluent_unframe(payload) else {

@@ -22,6 +22,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventSchema};
 
 mod avro_decode;
+pub mod key;
+
+pub use key::KeySchema;
 
 /// What a serializer needs to know about the event it handles.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +73,20 @@ impl Decoded<'_> {
     }
 }
 
-/// Encodes and decodes event payloads.
+/// What a serializer needs to know about the key it writes.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyContext<'a> {
+    /// Full topic name (the Confluent key subject derives from it).
+    pub topic: &'a str,
+    /// Event type name.
+    pub event_type: &'a str,
+    /// The event's schema, which holds the key field's definition.
+    pub schema: &'a EventSchema,
+    /// The dotted path of the key field (`user.id`), when known.
+    pub field: Option<&'a str>,
+}
+
+/// Encodes and decodes event payloads and keys.
 pub trait Serializer: Send + Sync + fmt::Debug {
     /// The setting value that selects it, e.g. `avro`.
     fn name(&self) -> &'static str;
@@ -84,6 +100,25 @@ pub trait Serializer: Send + Sync + fmt::Debug {
     ) -> Result<Vec<u8>>;
     /// Decodes one payload.
     fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>>;
+
+    /// The bytes of a key whose text is `key`. By default its UTF-8 text.
+    fn encode_key(&self, key: &str, ctx: &KeyContext<'_>) -> Result<Vec<u8>> {
+        let _ = ctx;
+        Ok(key.as_bytes().to_vec())
+    }
+
+    /// The text of a key as it arrived: what [`Serializer::encode_key`] wrote, or UTF-8 text.
+    fn decode_key(&self, key: &[u8]) -> Result<String> {
+        text_key(key)
+    }
+}
+
+fn text_key(key: &[u8]) -> Result<String> {
+    String::from_utf8(key.to_vec()).map_err(|e| {
+        Error::new(ErrorKind::Deserialize, "the key is not UTF-8 text")
+            .with("key", key.escape_ascii())
+            .with_source(e)
+    })
 }
 
 /// The built-in serializers.
@@ -139,6 +174,7 @@ impl FromStr for SerializerKind {
 /// client fills them in with [`SchemaStore::add_registered`].
 #[derive(Debug, Default)]
 pub struct SchemaStore {
+    keys: RwLock<HashMap<(String, String), Arc<KeySchema>>>,
     writers: RwLock<HashMap<(String, u32), Arc<EventSchema>>>,
     by_id: RwLock<HashMap<u32, Arc<EventSchema>>>,
     ids: RwLock<HashMap<(String, String), u32>>,
@@ -191,6 +227,24 @@ impl SchemaStore {
     /// The schema registered with `id`.
     pub fn schema_by_id(&self, id: u32) -> Option<Arc<EventSchema>> {
         self.by_id.read().ok()?.get(&id).cloned()
+    }
+
+    /// The key schema of the field at `path` of `event_type`, derived from `schema` once.
+    pub fn key_schema(
+        &self,
+        event_type: &str,
+        path: &str,
+        schema: &EventSchema,
+    ) -> Result<Arc<KeySchema>> {
+        let id = (event_type.to_owned(), path.to_owned());
+        if let Some(found) = self.keys.read().ok().and_then(|k| k.get(&id).cloned()) {
+            return Ok(found);
+        }
+        let key = Arc::new(KeySchema::of(schema, path).map_err(|e| e.with("event_type", event_type))?);
+        if let Ok(mut keys) = self.keys.write() {
+            keys.insert(id, Arc::clone(&key));
+        }
+        Ok(key)
     }
 }
 
@@ -395,6 +449,42 @@ impl Serializer for ConfluentAvroSerializer {
             .temporary()
         })?;
         decode_datum(datum, &writer, ctx)
+    }
+
+    fn encode_key(&self, key: &str, ctx: &KeyContext<'_>) -> Result<Vec<u8>> {
+        // Without a key field there is no key schema; such a key travels as text.
+        let Some(path) = ctx.field else {
+            return Ok(key.as_bytes().to_vec());
+        };
+        let schema = self.store.key_schema(ctx.event_type, path, ctx.schema)?;
+        let subject = schema.subject(ctx.topic);
+        let id = self.store.registered_id(&subject, schema.schema()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Serialize,
+                "no schema id is known for this key subject; the Confluent framing needs a schema registry (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
+            )
+            .with("subject", &subject)
+        })?;
+        Ok(confluent_frame(id, &schema.encode_datum(key)?))
+    }
+
+    fn decode_key(&self, key: &[u8]) -> Result<String> {
+        // Keys come in both forms: framed Avro (Open edX, and eventbus since it writes keys as
+        // Open edX does) and UTF-8 text (other producers). Text never starts with a NUL byte.
+        match confluent_unframe(key) {
+            Ok((id, datum)) => {
+                let schema = self.store.schema_by_id(id).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Deserialize,
+                        "the key's schema id is unknown; look it up in the schema registry first (SchemaIds::learn)",
+                    )
+                    .with("schema_id", id)
+                    .temporary()
+                })?;
+                key::decode_key_datum(&schema, datum)
+            }
+            Err(_) => text_key(key),
+        }
     }
 }
 

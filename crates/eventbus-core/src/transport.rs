@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 
@@ -17,10 +18,11 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod departures;
 
-/// Message headers: ordered UTF-8 name/value pairs. A name may repeat (Kafka allows it), which is
-/// why this is not a map.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+/// Message headers: ordered name/value pairs. Names are text; values are bytes, so a binary
+/// value survives every backend unchanged (the CloudEvents attributes are UTF-8 text). A name may
+/// repeat (Kafka allows it), which is why this is not a map.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, Bytes)>);
 
 impl Headers {
     /// No headers.
@@ -28,32 +30,40 @@ impl Headers {
         Self::default()
     }
 
-    /// The first value of `name`.
+    /// The first value of `name` as text; `None` when absent or not UTF-8 (see
+    /// [`Headers::get_bytes`]).
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The first value of `name`, as it was sent.
+    pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Every value of `name`, in order.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.0
             .iter()
             .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Sets `name` to `value`, removing earlier values of `name`.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn insert(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
         let name = name.into();
         self.0.retain(|(n, _)| *n != name);
-        self.0.push((name, value.into()));
+        self.0.push((name, Bytes::copy_from_slice(value.as_ref())));
     }
 
     /// Adds a value of `name`, keeping earlier ones.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.0.push((name.into(), value.into()));
+    pub fn append(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
+        self.0
+            .push((name.into(), Bytes::copy_from_slice(value.as_ref())));
     }
 
     /// Removes every value of `name`.
@@ -62,8 +72,8 @@ impl Headers {
     }
 
     /// All pairs, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_ref()))
     }
 
     /// Number of pairs.
@@ -77,23 +87,44 @@ impl Headers {
     }
 }
 
-impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+impl<N: Into<String>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Self(
             iter.into_iter()
-                .map(|(n, v)| (n.into(), v.into()))
+                .map(|(n, v)| (n.into(), Bytes::copy_from_slice(v.as_ref())))
                 .collect(),
         )
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Text values read as text; others as escaped bytes.
+        f.debug_map()
+            .entries(self.0.iter().map(|(n, v)| (n, ValueDebug(v))))
+            .finish()
+    }
+}
+
+struct ValueDebug<'a>(&'a [u8]);
+
+impl fmt::Debug for ValueDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => fmt::Debug::fmt(text, f),
+            Err(_) => write!(f, "b\"{}\"", self.0.escape_ascii()),
+        }
     }
 }
 
 /// One message as a broker carries it: key, payload and headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
-    /// Ordering and partitioning key.
-    pub key: Option<String>,
+    /// Ordering and partitioning key, as bytes on the wire: UTF-8 text for most formats,
+    /// Confluent-framed Avro on Kafka (see [`Serializer::encode_key`](crate::Serializer::encode_key)).
+    pub key: Option<Bytes>,
     /// Encoded event.
-    pub payload: bytes::Bytes,
+    pub payload: Bytes,
     /// CloudEvents attributes and anything else.
     pub headers: Headers,
 }
@@ -197,7 +228,10 @@ pub trait Acknowledge: Send + Sync + fmt::Debug {
 }
 
 /// A message received from a subscription, with where it came from and how to acknowledge it.
-/// Dropping a delivery without acknowledging leaves it to the broker's redelivery.
+///
+/// Dropping a delivery without [`Delivery::ack`] or [`Delivery::nack`] hands it back: it is
+/// nacked without delay, so the broker delivers it again (to this member or another) instead of
+/// holding it until a rebalance. Backends need not handle this themselves.
 #[derive(Debug)]
 pub struct Delivery {
     /// The full topic it was read from.
@@ -210,7 +244,7 @@ pub struct Delivery {
     pub attempt: u32,
     /// When the broker stored it, where known.
     pub published_at: Option<DateTime<Utc>>,
-    acker: Box<dyn Acknowledge>,
+    acker: Option<Box<dyn Acknowledge>>,
 }
 
 impl Delivery {
@@ -228,7 +262,7 @@ impl Delivery {
             position,
             attempt,
             published_at: None,
-            acker,
+            acker: Some(acker),
         }
     }
 
@@ -239,14 +273,52 @@ impl Delivery {
         self
     }
 
+    fn take_acker(&mut self) -> Result<Box<dyn Acknowledge>> {
+        // Only `ack`/`nack` (which consume the delivery) and `drop` take it.
+        self.acker.take().ok_or_else(|| {
+            Error::new(ErrorKind::Closed, "the delivery was already settled")
+                .with("position", &self.position)
+        })
+    }
+
     /// Marks the message processed.
-    pub async fn ack(self) -> Result<()> {
-        self.acker.ack().await
+    pub async fn ack(mut self) -> Result<()> {
+        self.take_acker()?.ack().await
     }
 
     /// Asks for the message again after `delay`.
-    pub async fn nack(self, delay: Duration) -> Result<()> {
-        self.acker.nack(delay).await
+    pub async fn nack(mut self, delay: Duration) -> Result<()> {
+        self.take_acker()?.nack(delay).await
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        // Outside a runtime the acker is simply dropped; the broker redelivers when this member
+        // leaves its group.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut nack = acker.nack(Duration::ZERO);
+        // Most backends settle without I/O (a command to their reader task): do it now, so the
+        // message is back before the drop returns; otherwise finish on the runtime.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        if let std::task::Poll::Ready(result) = nack.as_mut().poll(&mut cx) {
+            log_dropped_nack(result, &self.topic, &self.position);
+            return;
+        }
+        let (topic, position) = (self.topic.clone(), self.position.clone());
+        runtime.spawn(async move { log_dropped_nack(nack.await, &topic, &position) });
+    }
+}
+
+fn log_dropped_nack(result: Result<()>, topic: &str, position: &Position) {
+    match result {
+        Ok(()) => tracing::debug!(%topic, %position, "a dropped delivery was handed back for redelivery"),
+        Err(e) => tracing::debug!(%topic, %position, error = %e, "handing back a dropped delivery failed; the broker redelivers it when this member leaves"),
     }
 }
 

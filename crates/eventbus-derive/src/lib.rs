@@ -206,10 +206,15 @@ fn expand_event(input: &DeriveInput) -> syn::Result<Tokens> {
     let minor = attrs.minor_version;
     let schemas = field_schemas(&core, &fields);
     let key = key_expr(&core, attrs.key.as_ref(), &fields)?;
+    let key_field = match &attrs.key {
+        Some(path) => quote!(::std::option::Option::Some(#path)),
+        None => quote!(::std::option::Option::None),
+    };
     Ok(quote! {
         impl #core::Event for #ident {
             const EVENT_TYPE: &'static str = #event_type;
             const MINOR_VERSION: u32 = #minor;
+            const KEY_FIELD: ::std::option::Option<&'static str> = #key_field;
 
             fn schema() -> #core::Result<&'static #core::EventSchema> {
                 static SCHEMA: ::std::sync::OnceLock<::std::result::Result<#core::EventSchema, ::std::string::String>> =

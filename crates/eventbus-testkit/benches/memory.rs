@@ -38,7 +38,7 @@ async fn transport_once() -> Duration {
         .map(|b| {
             (0..BATCH)
                 .map(|i| Message {
-                    key: Some(format!("k{}", (b * BATCH + i) % 64)),
+                    key: Some(format!("k{}", (b * BATCH + i) % 64).into()),
                     payload: vec![0u8; 64].into(),
                     headers: Default::default(),
                 })

@@ -184,6 +184,10 @@ impl Shared {
         match self.handle(&delivery).await {
             Ok(()) => match delivery.ack().await {
                 Ok(()) => self.succeeded(),
+                // Handled, and the broker hands it out again: at-least-once, not a failure.
+                Err(e) if e.kind() == ErrorKind::Reassigned => {
+                    tracing::info!(error = %e, "the event was handled after its delivery was reassigned; it will be delivered again");
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "acknowledging failed; the event may be redelivered");
                     self.failed(&e);

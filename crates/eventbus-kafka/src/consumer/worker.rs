@@ -319,7 +319,7 @@ impl Worker {
         else {
             // Revoked since: the next owner reads it again from the last commit.
             return Err(Error::new(
-                ErrorKind::Subscribe,
+                ErrorKind::Reassigned,
                 "the partition was revoked before the acknowledgement; another member will see the message again",
             )
             .with("topic", &partition.0)

@@ -44,7 +44,7 @@ pub(super) struct ItemOrigin {
 /// The event the consumer cases publish.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 #[event(type = "org.eventbus.conformance.item.v1", key = "key")]
-pub(super) struct ConformanceItem {
+pub(crate) struct ConformanceItem {
     /// Sequence number within its key.
     pub(super) seq: i64,
     /// Ordering key.
@@ -80,7 +80,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), Ca
     Ok(())
 }
 
-async fn dead_letters(
+pub(super) async fn dead_letters(
     ctx: &Ctx,
     bus: &Bus,
     topic: &str,

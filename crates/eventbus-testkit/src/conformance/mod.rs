@@ -17,6 +17,7 @@
 //! ```
 
 mod consumer_cases;
+mod handover_cases;
 pub mod support;
 mod transport_cases;
 
@@ -203,6 +204,7 @@ impl fmt::Debug for Case {
 /// Every case of the suite, in run order.
 pub fn cases() -> Vec<Case> {
     let mut all = transport_cases::cases();
+    all.extend(handover_cases::cases());
     all.extend(consumer_cases::cases());
     all
 }

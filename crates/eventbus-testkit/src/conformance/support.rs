@@ -109,7 +109,7 @@ impl Ctx {
     /// A message with a body, an optional key and a `seq` header.
     pub fn message(&self, key: Option<&str>, body: &str) -> Message {
         let mut message = Message {
-            key: key.map(str::to_owned),
+            key: key.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),
             payload: body.as_bytes().to_vec().into(),
             headers: Default::default(),
         };
@@ -215,8 +215,13 @@ pub async fn take_acked(
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let d = next(stream, &format!("{what} ({} of {n})", out.len() + 1)).await?;
-        out.push(body(&d));
-        d.ack().await?;
+        let text = body(&d);
+        match d.ack().await {
+            Ok(()) => out.push(text),
+            // Reassigned during a rebalance: the message comes again, and counts then.
+            Err(e) if e.kind() == eventbus_core::ErrorKind::Reassigned => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(out)
 }

@@ -64,8 +64,11 @@ async fn publish_subscribe_roundtrip(ctx: &Ctx) -> CaseResultOf {
         format!("key changed: {:?}", d.message.key)
     })?;
     for (name, value) in message.headers.iter() {
-        check(d.message.headers.get(name) == Some(value), || {
-            format!("header {name} changed: {:?}", d.message.headers.get(name))
+        check(d.message.headers.get_bytes(name) == Some(value), || {
+            format!(
+                "header {name} changed: {:?}",
+                d.message.headers.get_bytes(name)
+            )
         })?;
     }
     check(d.topic == topic, || {
