@@ -42,11 +42,11 @@ async fn raw_publish(producer: &FutureProducer, topic: &str, batches: Vec<Vec<Me
                         value: Some(v),
                     })
                 });
-            let mut record = FutureRecord::<str, [u8]>::to(topic)
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                 .payload(&message.payload[..])
                 .headers(headers);
             if let Some(key) = &message.key {
-                record = record.key(key.as_str());
+                record = record.key(&key[..]);
             }
             deliveries.push(producer.send_result(record).expect("enqueue"));
         }

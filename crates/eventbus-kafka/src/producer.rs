@@ -68,11 +68,11 @@ impl KafkaPublisher {
             });
         }
         loop {
-            let mut record = FutureRecord::<str, [u8]>::to(topic)
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                 .payload(&message.payload[..])
                 .headers(headers.clone());
             if let Some(key) = &message.key {
-                record = record.key(key.as_str());
+                record = record.key(&key[..]);
             }
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),

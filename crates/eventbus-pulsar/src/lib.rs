@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod mapping;
 mod publisher;
 mod reader;
 mod settings;
@@ -13,7 +14,8 @@ use eventbus_core::registry::BackendConfig;
 use eventbus_core::serializer::SerializerKind;
 use eventbus_core::{BackendFactory, Result, Transport};
 
-pub use publisher::{producer_options, to_pulsar};
+pub use mapping::{from_pulsar, to_pulsar, BINARY_PROPERTIES};
+pub use publisher::producer_options;
 pub use settings::{Auth, Compression, GroupMode, PulsarSettings};
 
 /// The backend name.

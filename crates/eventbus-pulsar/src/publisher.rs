@@ -6,11 +6,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use eventbus_core::transport::PublishGate;
 use eventbus_core::{Error, ErrorKind, Message, Position, Publisher, Result};
-use pulsar::producer::{Message as PulsarMessage, SendFuture};
+use pulsar::producer::SendFuture;
 use pulsar::{Producer, ProducerOptions, TokioExecutor};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::client::{failed, format_id, full_topic, Client};
+use crate::mapping::to_pulsar;
 use crate::settings::{Compression, PulsarSettings};
 
 type Slot = Arc<OnceCell<Mutex<Producer<TokioExecutor>>>>;
@@ -115,30 +116,6 @@ pub fn producer_options(settings: &PulsarSettings) -> ProducerOptions {
         block_queue_if_full: true,
         ..ProducerOptions::default()
     }
-}
-
-/// A message as Pulsar carries it: headers become properties (a property map, so a header
-/// name may appear once), the key becomes the partition and ordering key.
-pub fn to_pulsar(message: Message) -> Result<PulsarMessage> {
-    let mut properties = HashMap::with_capacity(message.headers.len());
-    for (name, value) in message.headers.iter() {
-        if properties
-            .insert(name.to_owned(), value.to_owned())
-            .is_some()
-        {
-            return Err(Error::new(
-                ErrorKind::InvalidHeaders,
-                "Pulsar message properties are a map: a header name may appear only once",
-            )
-            .with("header", name));
-        }
-    }
-    Ok(PulsarMessage {
-        payload: message.payload.to_vec(),
-        properties,
-        partition_key: message.key,
-        ..PulsarMessage::default()
-    })
 }
 
 #[async_trait]

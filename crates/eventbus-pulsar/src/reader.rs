@@ -17,7 +17,7 @@ use chrono::{TimeZone, Utc};
 use eventbus_core::transport::departures::{GroupKey, Membership};
 use eventbus_core::transport::{reconnect_delay, Acknowledge};
 use eventbus_core::{
-    Delivery, DeliveryStream, Error, ErrorKind, Headers, Message, Position, Result,
+    Delivery, DeliveryStream, Error, ErrorKind, Position, Result,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
@@ -220,17 +220,8 @@ impl TopicStream {
             topic,
             id: message_id.id,
         };
-        let metadata = payload.metadata;
-        let headers: Headers = metadata
-            .properties
-            .into_iter()
-            .map(|p| (p.key, p.value))
-            .collect();
-        let body = Message {
-            key: metadata.partition_key,
-            payload: payload.data.into(),
-            headers,
-        };
+        let publish_time = payload.metadata.publish_time;
+        let body = crate::mapping::from_pulsar(payload.metadata, payload.data);
         let position = Position::MessageId(format_id(&target.id));
         let attempt = self.member.attempt(&target);
         let acker = Acker {
@@ -238,7 +229,7 @@ impl TopicStream {
             member: Arc::clone(&self.member),
         };
         let delivery = Delivery::new(&self.member.name, body, position, attempt, Box::new(acker));
-        let published_at = i64::try_from(metadata.publish_time)
+        let published_at = i64::try_from(publish_time)
             .ok()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
         match published_at {

@@ -102,7 +102,7 @@ async fn a_group_starts_at_a_message_id_a_publish_returned() {
     assert!(
         more.is_err(),
         "nothing before the start: {:?}",
-        more.map(|d| d.map(|d| d.map(|d| d.position)))
+        more.map(|d| d.map(|d| d.map(|d| d.position.clone())))
     );
 
     let bad = Subscription::new("at", "g", "m").starting_at(StartPosition::At("12-x".into()));
@@ -139,7 +139,7 @@ async fn nothing_on(stream: &mut DeliveryStream, what: &str) {
     assert!(
         more.is_err(),
         "{what}: {:?}",
-        more.map(|d| d.map(|d| d.map(|d| d.message.payload)))
+        more.map(|d| d.map(|d| d.map(|d| d.message.payload.clone())))
     );
 }
 

@@ -47,7 +47,10 @@ fn field_for(header_name: &str) -> &str {
 pub(crate) fn to_fields(message: &Message) -> Result<Vec<(&str, &[u8])>> {
     let mut fields: Vec<(&str, &[u8])> = Vec::with_capacity(message.headers.len() + 2);
     for (name, value) in message.headers.iter() {
-        if IMPLIED.contains(&(name, value)) {
+        if IMPLIED
+            .iter()
+            .any(|(n, v)| *n == name && v.as_bytes() == value)
+        {
             continue;
         }
         let field = field_for(name);
@@ -63,10 +66,10 @@ pub(crate) fn to_fields(message: &Message) -> Result<Vec<(&str, &[u8])>> {
             )
             .with("header", name));
         }
-        fields.push((field, value.as_bytes()));
+        fields.push((field, value));
     }
     if let Some(key) = &message.key {
-        fields.push((KEY, key.as_bytes()));
+        fields.push((KEY, key));
     }
     fields.push((EVENT_DATA, &message.payload));
     Ok(fields)
@@ -74,9 +77,9 @@ pub(crate) fn to_fields(message: &Message) -> Result<Vec<(&str, &[u8])>> {
 
 /// The message an entry holds, from its fields in stored order.
 ///
-/// Never fails: an entry that cannot be an event (a field that is not UTF-8, say) must still
-/// reach the consumer, whose policy sends it to the dead-letter topic rather than lose it. Text
-/// that is not UTF-8 is read lossily and logged.
+/// Never fails: an entry that cannot be an event must still reach the consumer, whose policy
+/// sends it to the dead-letter topic rather than lose it. Values, the key and the payload are
+/// kept as bytes; a field name that is not UTF-8 is read lossily and logged.
 pub(crate) fn from_fields(stream: &str, id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
     let mut message = Message::default();
     let mut headers = Headers::new();
@@ -87,14 +90,13 @@ pub(crate) fn from_fields(stream: &str, id: &str, fields: Vec<(Vec<u8>, Vec<u8>)
             continue;
         }
         let field = utf8(stream, id, "a field name", field);
-        let text = utf8(stream, id, &field, value);
         if field == KEY {
-            message.key = Some(text);
+            message.key = Some(value.into());
         } else {
             is_event |= field == "type";
             match RENAMED.iter().find(|(f, _)| *f == field) {
-                Some((_, header)) => headers.append(*header, text),
-                None => headers.append(field, text),
+                Some((_, header)) => headers.append(*header, value),
+                None => headers.append(field, value),
             }
         }
     }
@@ -198,7 +200,7 @@ mod tests {
             .headers
             .insert(header::CONTENT_TYPE, "application/json");
         let back = from_fields("s", "1-0", stored(&to_fields(&message).unwrap()));
-        assert_eq!(back.key.as_deref(), Some("user-7"));
+        assert_eq!(back.key.as_deref(), Some(&b"user-7"[..]));
         assert_eq!(back.headers.get("dlq_reason"), Some("poison"));
         assert_eq!(
             back.headers.get(header::CONTENT_TYPE),
@@ -220,13 +222,18 @@ mod tests {
     }
 
     #[test]
-    fn non_text_fields_are_read_lossily_not_dropped() {
+    fn binary_values_and_keys_are_kept_byte_for_byte() {
         let fields = vec![
             (b"type".to_vec(), vec![b'a', 0xff]),
+            (b"key".to_vec(), vec![0x00, 0xff]),
             (EVENT_DATA.as_bytes().to_vec(), vec![0xff]),
         ];
         let message = from_fields("s", "1-0", fields);
-        assert_eq!(message.headers.get(header::TYPE), Some("a\u{fffd}"));
+        assert_eq!(message.headers.get_bytes(header::TYPE), Some(&[b'a', 0xff][..]));
+        assert_eq!(message.headers.get(header::TYPE), None, "not text");
+        assert_eq!(message.key.as_deref(), Some(&[0x00, 0xff][..]));
         assert_eq!(&message.payload[..], &[0xff]);
+        let again = from_fields("s", "1-0", stored(&to_fields(&message).unwrap()));
+        assert_eq!(again, message);
     }
 }

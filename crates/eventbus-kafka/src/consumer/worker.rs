@@ -381,22 +381,17 @@ fn single(partition: &Partition) -> TopicPartitionList {
     tpl
 }
 
-/// The message as the core sees it: headers as UTF-8 text (Open edX writes them so).
+/// The message as the core sees it: key, header values and payload byte for byte (a header
+/// without a value reads as an empty one).
 fn to_message(message: &BorrowedMessage<'_>) -> Message {
     let mut headers = Headers::new();
     if let Some(kafka_headers) = message.headers() {
         for header in kafka_headers.iter() {
-            let value = header
-                .value
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            headers.append(header.key, value);
+            headers.append(header.key, header.value.unwrap_or_default());
         }
     }
     Message {
-        key: message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: message.key().map(bytes::Bytes::copy_from_slice),
         payload: message
             .payload()
             .map(<[u8]>::to_vec)
