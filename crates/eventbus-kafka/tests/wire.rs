@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eventbus::{BusConfig, Envelope, Event};
+use eventbus::{BusConfig, Envelope, Event, Serializer as _};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{
     assert_published_login_headers, assert_sample_login, sample_login, SessionLoginCompleted,
@@ -156,4 +156,69 @@ async fn reqwest_register(url: &str, schema: &str) -> serde_json::Value {
         .json()
         .await
         .unwrap()
+}
+
+/// Open edX's key for `event_key_field: user.id`, written out from the specifications: the key
+/// schema `{"name": "id", "type": "long"}` is the first schema the fresh registry sees (the
+/// Python producer serializes the key before the value), so it has id 1; Confluent framing is
+/// the magic byte 0 and the id as four big-endian bytes; the Avro long 42 is zig-zag encoded
+/// (42 × 2 = 84) as the one varint byte 0x54.
+const OPEN_EDX_KEY_42: &[u8] = &[0x00, 0x00, 0x00, 0x00, 0x01, 0x54];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_written_as_open_edx_writes_them_and_read_in_both_forms() {
+    let broker = BrokerProcess::start(BrokerSpec::tansu()).await.unwrap();
+    let registry = RegistryServer::start().await.unwrap();
+    let bus = bus(&broker, &registry).await;
+    let producer = bus.producer();
+    let mut login = sample_login();
+    login.user.id = 42;
+    let envelope = Envelope::new(login, producer.metadata::<SessionLoginCompleted>());
+    producer
+        .send_envelope("user-login", &envelope, Some("42"), Some("user.id"))
+        .await
+        .unwrap();
+
+    assert_eq!(registry.subjects()["dev-user-login-long"], vec![1]);
+    assert_eq!(
+        registry.schema(1).unwrap(),
+        r#"{"name": "id", "type": "long"}"#,
+        "the key field's definition, as json.dumps(sort_keys=True) writes it"
+    );
+    assert_eq!(registry.subjects()[SUBJECT], vec![2]);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", "key-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("dev-user-login", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let message = loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            break m.unwrap().detach();
+        }
+    };
+    assert_eq!(message.key(), Some(OPEN_EDX_KEY_42), "byte for byte");
+    assert_eq!(&message.payload().unwrap()[..5], &[0, 0, 0, 0, 2]);
+
+    // Both forms read back as the key's text: framed Avro, once its schema is learnt by id (as
+    // a consumer in another process learns it), and the UTF-8 text other producers write.
+    let store = std::sync::Arc::new(eventbus::SchemaStore::new());
+    let reader = eventbus::serializer::ConfluentAvroSerializer::new(store.clone());
+    let unknown = reader.decode_key(OPEN_EDX_KEY_42).unwrap_err();
+    assert!(unknown.is_temporary(), "{unknown}");
+    eventbus::SchemaIds::new(store, registry_client(&registry))
+        .learn(OPEN_EDX_KEY_42)
+        .await
+        .unwrap();
+    assert_eq!(reader.decode_key(OPEN_EDX_KEY_42).unwrap(), "42");
+    assert_eq!(reader.decode_key(b"42").unwrap(), "42");
+}
+
+fn registry_client(registry: &RegistryServer) -> std::sync::Arc<dyn eventbus::SchemaRegistry> {
+    let settings = eventbus_kafka::RegistrySettings::new(registry.url());
+    std::sync::Arc::new(eventbus_kafka::RegistryClient::new(settings).unwrap())
 }
