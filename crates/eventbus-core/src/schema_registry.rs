@@ -70,7 +70,8 @@ impl SchemaIds {
             .register(&subject, key.schema())
             .await
             .map_err(|e| e.with("subject", &subject))?;
-        self.store.add_registered(&subject, id, key.schema().clone());
+        self.store
+            .add_registered(&subject, id, key.schema().clone());
         Ok(id)
     }
 

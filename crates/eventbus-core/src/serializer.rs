@@ -240,7 +240,8 @@ impl SchemaStore {
         if let Some(found) = self.keys.read().ok().and_then(|k| k.get(&id).cloned()) {
             return Ok(found);
         }
-        let key = Arc::new(KeySchema::of(schema, path).map_err(|e| e.with("event_type", event_type))?);
+        let key =
+            Arc::new(KeySchema::of(schema, path).map_err(|e| e.with("event_type", event_type))?);
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(id, Arc::clone(&key));
         }

@@ -317,8 +317,12 @@ impl Drop for Delivery {
 
 fn log_dropped_nack(result: Result<()>, topic: &str, position: &Position) {
     match result {
-        Ok(()) => tracing::debug!(%topic, %position, "a dropped delivery was handed back for redelivery"),
-        Err(e) => tracing::debug!(%topic, %position, error = %e, "handing back a dropped delivery failed; the broker redelivers it when this member leaves"),
+        Ok(()) => {
+            tracing::debug!(%topic, %position, "a dropped delivery was handed back for redelivery")
+        }
+        Err(e) => {
+            tracing::debug!(%topic, %position, error = %e, "handing back a dropped delivery failed; the broker redelivers it when this member leaves")
+        }
     }
 }
 

@@ -170,6 +170,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidHeaders);
         let mut reserved = Message::default();
         reserved.headers.insert(BINARY_PROPERTIES, "[]");
-        assert!(to_pulsar(reserved).unwrap_err().to_string().contains(BINARY_PROPERTIES));
+        assert!(to_pulsar(reserved)
+            .unwrap_err()
+            .to_string()
+            .contains(BINARY_PROPERTIES));
     }
 }

@@ -16,9 +16,7 @@ use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use eventbus_core::transport::departures::{GroupKey, Membership};
 use eventbus_core::transport::{reconnect_delay, Acknowledge};
-use eventbus_core::{
-    Delivery, DeliveryStream, Error, ErrorKind, Position, Result,
-};
+use eventbus_core::{Delivery, DeliveryStream, Error, ErrorKind, Position, Result};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use pulsar::consumer::Message as PulsarMessage;
@@ -261,9 +259,12 @@ impl Stream for TopicStream {
                         self.failures = 0;
                     }
                     Poll::Ready(Err(e)) => {
+                        // To the core, which logs and counts it like every backend's fetch
+                        // error; the next poll goes on reopening.
                         self.failures += 1;
-                        tracing::warn!(topic = %self.member.name, error = %e, "reopening a Pulsar consumer failed; retrying");
+                        tracing::debug!(topic = %self.member.name, error = %e, "reopening a Pulsar consumer failed; retrying");
                         self.reopen();
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
                 continue;
@@ -284,10 +285,16 @@ impl Stream for TopicStream {
                     // The client gave the consumer up (a broker restart, say): reopen it after
                     // a pause. The group resumes where it was; unacknowledged messages come
                     // again.
-                    tracing::warn!(topic = %self.member.name, "the Pulsar consumer ended; reopening it");
                     drop(locked(&self.member.consumer).take());
                     self.failures = 1;
                     self.reopen();
+                    let ended = Error::new(
+                        ErrorKind::Connection,
+                        "the Pulsar client gave the consumer up (a broker restart?); reopening it",
+                    )
+                    .with("topic", &self.member.name)
+                    .temporary();
+                    return Poll::Ready(Some(Err(ended)));
                 }
             }
         }

@@ -80,8 +80,22 @@ fn unreachable(settings: &RedisSettings, e: RedisError) -> Error {
 
 /// The core error for a failed command: `kind` says which side failed, `what` which command.
 pub(crate) fn failed(kind: ErrorKind, what: &'static str, e: RedisError) -> Error {
-    let temporary =
-        e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal();
+    // Besides the connection failing: replies a server gives while it loads or recovers, and
+    // those of a stream or group that vanished under a blocked read (a restart that kept no
+    // data), which the reader repairs by creating them again.
+    const RECOVERING: &[&str] = &[
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "NOGROUP",
+        "UNBLOCKED",
+    ];
+    let temporary = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.code().is_some_and(|code| RECOVERING.contains(&code));
     let error = Error::new(kind, format!("Redis {what} failed")).with_source(e);
     if temporary {
         error.temporary()

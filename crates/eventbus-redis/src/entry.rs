@@ -229,7 +229,10 @@ mod tests {
             (EVENT_DATA.as_bytes().to_vec(), vec![0xff]),
         ];
         let message = from_fields("s", "1-0", fields);
-        assert_eq!(message.headers.get_bytes(header::TYPE), Some(&[b'a', 0xff][..]));
+        assert_eq!(
+            message.headers.get_bytes(header::TYPE),
+            Some(&[b'a', 0xff][..])
+        );
         assert_eq!(message.headers.get(header::TYPE), None, "not text");
         assert_eq!(message.key.as_deref(), Some(&[0x00, 0xff][..]));
         assert_eq!(&message.payload[..], &[0xff]);

@@ -128,13 +128,18 @@ impl Reader {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let wait = reconnect_delay(failures);
-                    tracing::warn!(error = %e, retry_in = ?wait, group = %self.shared.group, "Redis reader failed; retrying");
+                    tracing::debug!(error = %e, retry_in = ?wait, group = %self.shared.group, "Redis reader failed; retrying");
                     if e.context("redis_code") == Some("NOGROUP") {
                         // The stream or group vanished (a server that kept no data): create
                         // them again where the subscription asked to start.
                         self.recreate_groups().await;
                     } else {
                         connection = None;
+                    }
+                    // The stream carries the error to the core, which logs and counts it like
+                    // every backend's; the reader goes on after its pause.
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
                     }
                     tokio::time::sleep(wait).await;
                 }

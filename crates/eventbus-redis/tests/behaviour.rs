@@ -7,7 +7,6 @@ use std::time::Duration;
 use eventbus::{ErrorKind, Subscription};
 use eventbus_redis::RedisSettings;
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec, LaunchContext};
-use futures::StreamExt;
 
 mod support;
 use support::{message, raw};
@@ -32,11 +31,9 @@ async fn started() -> (BrokerProcess, eventbus::Transport) {
 }
 
 async fn next(stream: &mut eventbus::DeliveryStream) -> eventbus::Delivery {
-    tokio::time::timeout(WAIT, stream.next())
+    eventbus_testkit::conformance::support::next_within(stream, WAIT)
         .await
-        .expect("a delivery within 15 s")
-        .expect("the stream is open")
-        .expect("no stream error")
+        .unwrap_or_else(|why| panic!("no delivery: {why}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,8 +133,14 @@ async fn a_reader_rides_out_a_server_restart() {
     next(&mut stream).await.ack().await.unwrap();
 
     server.stop().await.unwrap();
-    // Down for longer than a read blocks: the reader must notice, back off and retry.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Down for longer than a read blocks: the reader notices, reports it on the stream (where
+    // the core's runner logs and counts it), backs off and retries.
+    let reported = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut stream))
+        .await
+        .expect("the lost server is reported in time")
+        .expect("the stream stays open");
+    let error = reported.expect_err("a fetch error, not a delivery");
+    assert!(error.is_temporary(), "{error}");
     let failed = transport
         .publisher
         .publish("ticks", vec![message("lost?")])

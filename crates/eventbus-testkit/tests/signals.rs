@@ -60,7 +60,10 @@ async fn send_publishes_on_routes_and_bus_events_are_not_republished() {
     );
     let sent = capture.assert_published::<Pinged>("pings", |p| p.id == 13);
     assert_eq!(sent.metadata().source, "openedx/lms/web");
-    assert_eq!(capture.messages("pings")[0].key.as_deref(), Some(&b"13"[..]));
+    assert_eq!(
+        capture.messages("pings")[0].key.as_deref(),
+        Some(&b"13"[..])
+    );
     assert_eq!(
         capture.messages("audit")[0].key.as_deref(),
         Some(&b"n-13"[..]),

@@ -25,9 +25,8 @@ impl KeySchema {
     /// The key schema of the field at the dotted `path` (`user.id`) of `event`, found the way
     /// edx-event-bus-kafka descends the schema: into a record's fields, through a field's `type`.
     pub fn of(event: &EventSchema, path: &str) -> Result<Self> {
-        let fail = |why: &str| {
-            Error::new(ErrorKind::Config, why.to_owned()).with("event_key_field", path)
-        };
+        let fail =
+            |why: &str| Error::new(ErrorKind::Config, why.to_owned()).with("event_key_field", path);
         let root: Json = serde_json::from_str(event.json())
             .map_err(|e| fail("the event schema is not JSON").with_source(e))?;
         let mut at = &root;
@@ -41,7 +40,9 @@ impl KeySchema {
             at = fields
                 .iter()
                 .find(|f| f.get("name").and_then(Json::as_str) == Some(name))
-                .ok_or_else(|| fail("the event schema has no field at the key path").with("at", name))?;
+                .ok_or_else(|| {
+                    fail("the event schema has no field at the key path").with("at", name)
+                })?;
         }
         let type_name = match at.get("type") {
             Some(Json::String(t)) if PRIMITIVES.contains(&t.as_str()) => t.clone(),
@@ -94,12 +95,13 @@ impl KeySchema {
             "bytes" => Value::Bytes(key.as_bytes().to_vec()),
             _ => return Err(bad()),
         };
-        apache_avro::to_avro_datum(self.schema.avro(), value)
-            .map_err(|e| bad().with_source(e))
+        apache_avro::to_avro_datum(self.schema.avro(), value).map_err(|e| bad().with_source(e))
     }
 }
 
-const PRIMITIVES: &[&str] = &["string", "long", "int", "boolean", "double", "float", "bytes"];
+const PRIMITIVES: &[&str] = &[
+    "string", "long", "int", "boolean", "double", "float", "bytes",
+];
 
 /// A key datum written with the primitive schema `schema`, as text.
 pub(crate) fn decode_key_datum(schema: &EventSchema, mut datum: &[u8]) -> Result<String> {
@@ -235,7 +237,9 @@ mod tests {
 
     #[test]
     fn python_json_sorts_keys_and_escapes_like_json_dumps() {
-        let v: Json = serde_json::from_str(r#"{"type": "string", "name": "café", "doc": [1, "a\"b"]}"#).unwrap();
+        let v: Json =
+            serde_json::from_str(r#"{"type": "string", "name": "café", "doc": [1, "a\"b"]}"#)
+                .unwrap();
         assert_eq!(
             python_json(&v),
             r#"{"doc": [1, "a\"b"], "name": "caf\u00e9", "type": "string"}"#

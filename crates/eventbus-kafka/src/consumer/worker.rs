@@ -168,9 +168,13 @@ impl Worker {
                 }
                 Some(Err(e)) => e,
             };
-            // Broker trouble shows up here; librdkafka reconnects by itself.
+            // Broker trouble shows up here; librdkafka reconnects by itself. The error goes to
+            // the stream, where the core logs and counts it like every backend's.
             *failures = failures.saturating_add(1);
-            tracing::warn!(error = %error, "Kafka consumer error; polling on");
+            tracing::debug!(error = %error, "Kafka consumer error; polling on");
+            let _ = self
+                .deliveries
+                .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
             tokio::time::sleep(eventbus_core::transport::reconnect_delay(*failures)).await;
         }
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use eventbus::{DeliveryStream, Message};
 use eventbus_kafka::KafkaSettings;
-use futures::StreamExt;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -34,17 +33,17 @@ pub(crate) fn message(body: &str) -> Message {
 /// comes again, so it is counted and the next one taken, while any other ack error fails.
 pub(crate) async fn take(stream: &mut DeliveryStream) -> String {
     loop {
-        let d = tokio::time::timeout(WAIT, stream.next())
+        let d = eventbus_testkit::conformance::support::next_within(stream, WAIT)
             .await
-            .expect("a delivery in time")
-            .expect("the stream is open")
-            .expect("no stream error");
+            .unwrap_or_else(|why| panic!("no delivery: {why}"));
         let body = String::from_utf8_lossy(&d.message.payload).into_owned();
         match d.ack().await {
             Ok(()) => return body,
             Err(e) if e.kind() == eventbus::ErrorKind::Reassigned => {
                 let n = REASSIGNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                eprintln!("{body}: reassigned before its ack ({n} so far), expecting it again: {e}");
+                eprintln!(
+                    "{body}: reassigned before its ack ({n} so far), expecting it again: {e}"
+                );
             }
             Err(e) => panic!("ack of {body}: {e}"),
         }
@@ -52,7 +51,8 @@ pub(crate) async fn take(stream: &mut DeliveryStream) -> String {
 }
 
 /// Acknowledgements refused as [`eventbus::ErrorKind::Reassigned`] in this test binary.
-pub(crate) static REASSIGNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(crate) static REASSIGNED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 enum Op {
     Down,

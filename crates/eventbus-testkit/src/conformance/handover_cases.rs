@@ -70,7 +70,9 @@ async fn binary_key_and_headers_reach_dead_letters(ctx: &Ctx) -> CaseResultOf {
         .start()
         .await?;
     let mut unknown = ctx.message(None, "nobody handles this");
-    unknown.headers.insert("ce_id", uuid::Uuid::new_v4().to_string());
+    unknown
+        .headers
+        .insert("ce_id", uuid::Uuid::new_v4().to_string());
     unknown
         .headers
         .insert("ce_type", "org.eventbus.conformance.nobody.v1");
@@ -78,7 +80,12 @@ async fn binary_key_and_headers_reach_dead_letters(ctx: &Ctx) -> CaseResultOf {
     let letters = dead_letters(ctx, &bus, &topic, 1).await?;
     check(
         letters[0].headers.get(dlq::REASON) == Some("unknown-event-type"),
-        || format!("dead-letter reason {:?}", letters[0].headers.get(dlq::REASON)),
+        || {
+            format!(
+                "dead-letter reason {:?}",
+                letters[0].headers.get(dlq::REASON)
+            )
+        },
     )?;
     check_binary(&letters[0], "dead-lettered")?;
     handle.shutdown().await.map_err(Into::into)

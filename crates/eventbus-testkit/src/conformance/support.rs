@@ -190,20 +190,32 @@ pub fn body(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.message.payload).into_owned()
 }
 
+/// The next delivery within `timeout`. A temporary error on the stream is a fetch failure the
+/// backend reports and recovers from (a broker restart, say): it is passed over, with a line on
+/// stderr. A permanent error, the end of the stream or the timeout is the `Err` text.
+pub async fn next_within(
+    stream: &mut DeliveryStream,
+    timeout: Duration,
+) -> Result<Delivery, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err(format!("nothing arrived within {timeout:?}")),
+            Ok(None) => return Err("the stream ended".into()),
+            Ok(Some(Err(e))) if e.is_temporary() => {
+                eprintln!("passing over a temporary stream error: {e}");
+            }
+            Ok(Some(Err(e))) => return Err(format!("the stream failed: {e}")),
+            Ok(Some(Ok(d))) => return Ok(d),
+        }
+    }
+}
+
 /// The next delivery, failing after [`RECEIVE_TIMEOUT`].
 pub async fn next(stream: &mut DeliveryStream, waiting_for: &str) -> Result<Delivery, CaseError> {
-    match tokio::time::timeout(RECEIVE_TIMEOUT, stream.next()).await {
-        Err(_) => Err(CaseError::Fail(format!(
-            "nothing arrived within {RECEIVE_TIMEOUT:?} while waiting for {waiting_for}"
-        ))),
-        Ok(None) => Err(CaseError::Fail(format!(
-            "the stream ended while waiting for {waiting_for}"
-        ))),
-        Ok(Some(Err(e))) => Err(CaseError::Fail(format!(
-            "the stream failed while waiting for {waiting_for}: {e}"
-        ))),
-        Ok(Some(Ok(d))) => Ok(d),
-    }
+    next_within(stream, RECEIVE_TIMEOUT)
+        .await
+        .map_err(|why| CaseError::Fail(format!("{why} while waiting for {waiting_for}")))
 }
 
 /// Receives and acks `n` deliveries; returns their bodies in arrival order.
@@ -234,6 +246,7 @@ pub async fn quiet(stream: &mut DeliveryStream, why: &str) -> Result<(), CaseErr
             "unexpected message `{}` ({why})",
             body(&d)
         ))),
+        Ok(Some(Err(e))) if e.is_temporary() => Ok(()),
         Ok(Some(Err(e))) => Err(CaseError::Fail(format!("stream error ({why}): {e}"))),
     }
 }
