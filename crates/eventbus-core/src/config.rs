@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::consumer::ConsumerSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::redact::Redactor;
 use crate::routing::RoutingTable;
 use crate::serializer::SerializerKind;
 
@@ -229,48 +230,55 @@ fn number(vars: &BTreeMap<String, String>, name: &'static str) -> Result<Option<
         .transpose()
 }
 
-/// Hides the password of a URL such as `redis://user:secret@host` as `redis://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://***@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
-    }
-}
+pub use crate::redact::redact_url;
 
-fn is_secret(name: &str) -> bool {
-    let n = name.to_ascii_uppercase();
-    ["PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "SASL"]
-        .iter()
-        .any(|s| n.contains(s))
+impl BusConfig {
+    /// The secrets of this configuration (secret options, the URL's password), to hide them
+    /// wherever they appear.
+    pub fn redactor(&self) -> Redactor {
+        let options = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let redactor = Redactor::new().options(options);
+        match &self.url {
+            Some(url) => redactor.url(url),
+            None => redactor,
+        }
+    }
 }
 
 impl fmt::Debug for BusConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options: BTreeMap<&str, &str> = self
+        let redactor = self.redactor();
+        let options: BTreeMap<&str, String> = self
             .options
             .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+            .map(|(k, v)| (k.as_str(), redactor.option_value(k, v)))
             .collect();
+        let raw = RawBusConfig {
+            config: self,
+            options,
+        };
+        redactor.debug(f, &raw)
+    }
+}
+
+/// The fields of a [`BusConfig`], before redaction.
+struct RawBusConfig<'a> {
+    config: &'a BusConfig,
+    options: BTreeMap<&'a str, String>,
+}
+
+impl fmt::Debug for RawBusConfig<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.config;
         f.debug_struct("BusConfig")
-            .field("backend", &self.backend)
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("topic_prefix", &self.topic_prefix)
-            .field("service_name", &self.service_name)
-            .field("serializer", &self.serializer)
-            .field("consumer", &self.consumer)
-            .field("routing", &self.routing)
-            .field("options", &options)
+            .field("backend", &c.backend)
+            .field("url", &c.url)
+            .field("topic_prefix", &c.topic_prefix)
+            .field("service_name", &c.service_name)
+            .field("serializer", &c.serializer)
+            .field("consumer", &c.consumer)
+            .field("routing", &c.routing)
+            .field("options", &self.options)
             .finish()
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod event;
 pub mod metadata;
 pub mod producer;
+pub mod redact;
 pub mod registry;
 pub mod routing;
 pub mod schema;

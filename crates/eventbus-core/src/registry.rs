@@ -64,11 +64,31 @@ impl BackendConfig {
     }
 }
 
+impl BackendConfig {
+    /// The secrets of this configuration (secret options, the URL's password), for a backend's
+    /// settings to hide wherever they appear.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        let options = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let redactor = crate::redact::Redactor::new().options(options);
+        match &self.url {
+            Some(url) => redactor.url(url),
+            None => redactor,
+        }
+    }
+}
+
 impl fmt::Debug for BackendConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redactor = self.redactor();
+        let options: BTreeMap<&str, String> = self
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), redactor.option_value(k, v)))
+            .collect();
+        let url = self.url.as_deref().map(|u| redactor.redact(u));
         f.debug_struct("BackendConfig")
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("url", &url)
+            .field("options", &options)
             .finish()
     }
 }

@@ -9,7 +9,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
 
-use crate::settings::is_secret;
 use crate::KafkaSettings;
 
 /// The configuration every client starts from: the brokers, then the user's properties, which
@@ -66,12 +65,14 @@ fn is_retriable(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// A client config that can be shown: secrets masked.
+/// A client config that can be shown: secrets masked by name and by value.
 pub(crate) fn describe(config: &ClientConfig) -> String {
-    let mut pairs: Vec<String> = config
-        .config_map()
+    let map = config.config_map();
+    let redactor =
+        eventbus_core::redact::Redactor::new().options(map.iter().map(|(k, v)| (&**k, &**v)));
+    let mut pairs: Vec<String> = map
         .iter()
-        .map(|(k, v)| format!("{k}={}", if is_secret(k) { "***" } else { v }))
+        .map(|(k, v)| format!("{k}={}", redactor.option_value(k, v)))
         .collect();
     pairs.sort();
     pairs.join(", ")

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eventbus_core::config::redact_url;
+use eventbus_core::redact::{redact_url, Redactor, MASK};
 use eventbus_core::registry::BackendConfig;
 use eventbus_core::{Error, ErrorKind, Result};
 
@@ -58,13 +58,25 @@ impl RegistrySettings {
     }
 }
 
+impl RegistrySettings {
+    fn redactor(&self) -> Redactor {
+        let redactor = Redactor::new().url(&self.url);
+        match &self.password {
+            Some(pw) => redactor.secret(pw),
+            None => redactor,
+        }
+    }
+}
+
 impl std::fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrySettings")
-            .field("url", &redact_url(&self.url))
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .finish()
+        let shown = format!(
+            "RegistrySettings {{ url: {:?}, username: {:?}, password: {:?} }}",
+            redact_url(&self.url),
+            self.username,
+            self.password.as_ref().map(|_| MASK)
+        );
+        f.write_str(&self.redactor().redact(&shown))
     }
 }
 
@@ -226,38 +238,65 @@ impl KafkaSettings {
     }
 }
 
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let masked = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            map.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        if is_secret(k) {
-                            "***".to_owned()
-                        } else {
-                            v.clone()
-                        },
-                    )
-                })
-                .collect()
-        };
-        f.debug_struct("KafkaSettings")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("properties", &masked(&self.properties))
-            .field("producer_properties", &masked(&self.producer_properties))
-            .field("consumer_properties", &masked(&self.consumer_properties))
-            .field("schema_registry", &self.schema_registry)
-            .field("create_topics", &self.create_topics)
-            .field("topic_partitions", &self.topic_partitions)
-            .field("topic_replication", &self.topic_replication)
-            .finish_non_exhaustive()
+impl KafkaSettings {
+    /// The secrets of these settings: secret properties, the registry's password, URL passwords.
+    pub(crate) fn redactor(&self) -> Redactor {
+        let properties = [
+            &self.properties,
+            &self.producer_properties,
+            &self.consumer_properties,
+        ];
+        let mut redactor = self
+            .schema_registry
+            .as_ref()
+            .map_or_else(Redactor::new, RegistrySettings::redactor);
+        for map in properties {
+            redactor = redactor.options(map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        redactor
     }
 }
 
-/// Whether a librdkafka property holds a secret that must not be logged.
-pub(crate) fn is_secret(property: &str) -> bool {
-    property.contains("password") || property.contains("secret") || property.ends_with(".key.pem")
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redactor = self.redactor();
+        let masked = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            map.iter()
+                .map(|(k, v)| (k.clone(), redactor.option_value(k, v)))
+                .collect()
+        };
+        let shown = ShownKafkaSettings {
+            settings: self,
+            properties: masked(&self.properties),
+            producer_properties: masked(&self.producer_properties),
+            consumer_properties: masked(&self.consumer_properties),
+        };
+        redactor.debug(f, &shown)
+    }
+}
+
+/// [`KafkaSettings`] with secret properties masked by name, before the redaction by value.
+struct ShownKafkaSettings<'a> {
+    settings: &'a KafkaSettings,
+    properties: BTreeMap<String, String>,
+    producer_properties: BTreeMap<String, String>,
+    consumer_properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ShownKafkaSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.settings;
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &s.bootstrap_servers)
+            .field("properties", &self.properties)
+            .field("producer_properties", &self.producer_properties)
+            .field("consumer_properties", &self.consumer_properties)
+            .field("schema_registry", &s.schema_registry)
+            .field("create_topics", &s.create_topics)
+            .field("topic_partitions", &s.topic_partitions)
+            .field("topic_replication", &s.topic_replication)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `kafka://a:9092,b:9092` → `a:9092,b:9092`.

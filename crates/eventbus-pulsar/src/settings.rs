@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use eventbus_core::config::redact_url;
+use eventbus_core::redact::Redactor;
 use eventbus_core::registry::BackendConfig;
 use eventbus_core::{Error, ErrorKind, Guarantees, Result};
 
@@ -184,22 +185,40 @@ pub struct PulsarSettings {
 
 impl fmt::Debug for PulsarSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redactor = Redactor::new().url(&self.url);
+        let redactor = match &self.auth {
+            Auth::None => redactor,
+            Auth::Token(token) => redactor.secret(token),
+            Auth::OAuth2 {
+                credentials_url, ..
+            } => redactor.secret(credentials_url),
+        };
+        redactor.debug(f, &ShownPulsarSettings(self))
+    }
+}
+
+/// [`PulsarSettings`] with the authentication masked, before the redaction by value.
+struct ShownPulsarSettings<'a>(&'a PulsarSettings);
+
+impl fmt::Debug for ShownPulsarSettings<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
         f.debug_struct("PulsarSettings")
-            .field("url", &redact_url(&self.url))
-            .field("namespace", &self.namespace)
-            .field("group_mode", &self.group_mode)
-            .field("receiver_queue_size", &self.receiver_queue_size)
-            .field("batch_size", &self.batch_size)
-            .field("batch_max_delay", &self.batch_max_delay)
-            .field("compression", &self.compression)
-            .field("auth", &self.auth)
-            .field("tls_trust_certs", &self.tls_trust_certs)
-            .field("tls_allow_insecure", &self.tls_allow_insecure)
-            .field("tls_hostname_verification", &self.tls_hostname_verification)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout)
-            .field("reconnect_attempts", &self.reconnect_attempts)
-            .field("close_timeout", &self.close_timeout)
+            .field("url", &&s.url)
+            .field("namespace", &s.namespace)
+            .field("group_mode", &s.group_mode)
+            .field("receiver_queue_size", &s.receiver_queue_size)
+            .field("batch_size", &s.batch_size)
+            .field("batch_max_delay", &s.batch_max_delay)
+            .field("compression", &s.compression)
+            .field("auth", &s.auth)
+            .field("tls_trust_certs", &s.tls_trust_certs)
+            .field("tls_allow_insecure", &s.tls_allow_insecure)
+            .field("tls_hostname_verification", &s.tls_hostname_verification)
+            .field("connect_timeout", &s.connect_timeout)
+            .field("operation_timeout", &s.operation_timeout)
+            .field("reconnect_attempts", &s.reconnect_attempts)
+            .field("close_timeout", &s.close_timeout)
             .finish()
     }
 }

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use eventbus_core::redact::Redactor;
 use eventbus_core::registry::BackendConfig;
 use eventbus_core::{Error, ErrorKind, Result};
 
 /// How the Redis backend talks to its server.
 ///
 /// Every field has an `EVENT_BUS_REDIS_*` option; see the crate documentation for the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisSettings {
     /// The server URL: `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
@@ -29,6 +30,23 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = format!(
+            "RedisSettings {{ url: {:?}, stream_max_len: {}, block: {:?}, read_count: {}, claim_idle: {:?}, claim_interval: {:?}, response_timeout: {:?}, connect_timeout: {:?} }}",
+            self.url,
+            self.stream_max_len,
+            self.block,
+            self.read_count,
+            self.claim_idle,
+            self.claim_interval,
+            self.response_timeout,
+            self.connect_timeout,
+        );
+        f.write_str(&Redactor::new().url(&self.url).redact(&shown))
+    }
 }
 
 impl RedisSettings {
