@@ -98,7 +98,7 @@ impl Bus {
     /// A consumer of `topic` (without prefix) in `group`, with the configured policy.
     pub fn consumer(&self, topic: &str, group: &str) -> Consumer {
         Consumer::new(
-            Arc::clone(&self.transport.subscriber),
+            &self.transport,
             self.producer.clone(),
             Arc::clone(&self.serializer),
             topic,

@@ -11,7 +11,7 @@
 //! | `EVENT_BUS_PRODUCER_CONFIG` | routing JSON for signals (Open edX shape) | none |
 //! | `EVENT_BUS_CONSUMER_MAX_ATTEMPTS` | receiver attempts before dead-lettering | 3 |
 //! | `EVENT_BUS_CONSUMER_BACKOFF_BASE_MS` / `_MAX_MS` | retry backoff | 100 / 10000 |
-//! | `EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` | failures in a row that stop the consumer (0: never) | 100 |
+//! | `EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` | failures in a row that stop the consumer (0: never); Open edX's `EVENT_BUS_KAFKA_`/`EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` are read too | 100 |
 //! | `EVENT_BUS_CONSUMER_CONCURRENCY` | events handled at once | 8 |
 //! | `EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS` | drain time on shutdown | 30000 |
 //! | `EVENT_BUS_DEAD_LETTER_TOPIC` | dead-letter topic template | `{topic}.dlq` |
@@ -117,7 +117,16 @@ impl BusConfig {
         if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_BACKOFF_MAX_MS")? {
             c.retry.cap = Duration::from_millis(v);
         }
-        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT")? {
+        // Open edX names the limit per backend; ours wins when both are set.
+        let limit = [
+            "EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
+            "EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
+            "EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
+        ]
+        .into_iter()
+        .map(|name| number(&vars, name))
+        .find(|n| !matches!(n, Ok(None)));
+        if let Some(v) = limit.transpose()?.flatten() {
             c.consecutive_error_limit = v as u32;
         }
         if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_CONCURRENCY")? {
@@ -286,6 +295,26 @@ impl fmt::Debug for RawBusConfig<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_edx_names_of_the_consecutive_errors_limit_are_read_and_ours_wins() {
+        let kafka =
+            BusConfig::from_vars([("EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "7")])
+                .unwrap();
+        assert_eq!(kafka.consumer.consecutive_error_limit, 7);
+        let both = BusConfig::from_vars([
+            ("EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "7"),
+            ("EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "3"),
+        ])
+        .unwrap();
+        assert_eq!(both.consumer.consecutive_error_limit, 3);
+        let bad =
+            BusConfig::from_vars([("EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "x")]);
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT"));
+    }
 
     #[test]
     fn reads_the_environment_shape() {

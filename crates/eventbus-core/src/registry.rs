@@ -271,6 +271,15 @@ pub fn select(config: &BusConfig) -> Result<&'static BackendFactory> {
             .iter()
             .copied()
             .find(|f| f.name == "memory")
+            .inspect(|_| {
+                // Right for development and tests, a surprise in production: say so, once.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::info!(
+                        "no backend is configured (neither EVENT_BUS_BACKEND nor EVENT_BUS_URL is set): using the in-memory bus, so events stay inside this process"
+                    );
+                });
+            })
             .ok_or_else(|| {
                 unknown(
                     "the default, as neither EVENT_BUS_BACKEND nor EVENT_BUS_URL is set",

@@ -368,6 +368,11 @@ pub struct Guarantees {
     pub replay_from_time: bool,
     /// Published messages survive a broker restart.
     pub survives_restart: bool,
+    /// Unacknowledged deliveries stay with the member's name (Redis pending entries): a member
+    /// that comes back under the same name takes them back at once, one under a new name leaves
+    /// them for others to claim after their idle time. The consumer warns when it has no stable
+    /// name on such a backend.
+    pub pending_per_member: bool,
 }
 
 /// A connected backend: its publisher, its subscriber and what it guarantees.

@@ -22,6 +22,11 @@ const OWN_OPTIONS: &[&str] = &[
     "EVENT_BUS_KAFKA_TOPIC_REPLICATION",
     "EVENT_BUS_KAFKA_FLUSH_TIMEOUT_MS",
     "EVENT_BUS_KAFKA_PARTITION_BUFFER",
+    // Open edX's own settings, which are no librdkafka properties.
+    "EVENT_BUS_KAFKA_CONSUMERS_ENABLED",
+    "EVENT_BUS_KAFKA_CONSUMER_POLL_TIMEOUT",
+    "EVENT_BUS_KAFKA_CONSUMER_POLL_FAILURE_SLEEP",
+    "EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
 ];
 
 /// Where the schema registry is and how to log in.
@@ -106,6 +111,9 @@ pub struct KafkaSettings {
     pub flush_timeout: Duration,
     /// Messages a consumer holds per partition before it pauses fetching that partition.
     pub partition_buffer: usize,
+    /// Open edX's kill switch `EVENT_BUS_KAFKA_CONSUMERS_ENABLED`: when false, subscribing
+    /// fails with an error naming it, and nothing is consumed.
+    pub consumers_enabled: bool,
 }
 
 impl KafkaSettings {
@@ -122,6 +130,7 @@ impl KafkaSettings {
             topic_replication: 1,
             flush_timeout: Duration::from_secs(10),
             partition_buffer: 500,
+            consumers_enabled: true,
         }
     }
 
@@ -171,6 +180,18 @@ impl KafkaSettings {
         settings.topic_partitions = config.parse_or("EVENT_BUS_KAFKA_TOPIC_PARTITIONS", 8)?;
         settings.topic_replication = config.parse_or("EVENT_BUS_KAFKA_TOPIC_REPLICATION", 1)?;
         settings.partition_buffer = config.parse_or("EVENT_BUS_KAFKA_PARTITION_BUFFER", 500)?;
+        settings.consumers_enabled = config.parse_or("EVENT_BUS_KAFKA_CONSUMERS_ENABLED", true)?;
+        for name in [
+            "EVENT_BUS_KAFKA_CONSUMER_POLL_TIMEOUT",
+            "EVENT_BUS_KAFKA_CONSUMER_POLL_FAILURE_SLEEP",
+        ] {
+            if config.get(name).is_some() {
+                tracing::info!(
+                    setting = name,
+                    "an Open edX setting with no effect here: eventbus is woken by librdkafka instead of polling, and backs off failures by the core's schedule"
+                );
+            }
+        }
         let flush_ms: u64 = config.parse_or("EVENT_BUS_KAFKA_FLUSH_TIMEOUT_MS", 10_000)?;
         settings.flush_timeout = Duration::from_millis(flush_ms);
         if let Some(url) = config.get("EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL") {
@@ -319,6 +340,24 @@ fn bootstrap_from_url(url: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_edx_settings_are_recognised_not_passed_to_librdkafka() {
+        let config = BackendConfig::new(Some("kafka://a:9092".into()))
+            .option("EVENT_BUS_KAFKA_CONSUMERS_ENABLED", "false")
+            .option("EVENT_BUS_KAFKA_CONSUMER_POLL_TIMEOUT", "1.0")
+            .option("EVENT_BUS_KAFKA_CONSUMER_POLL_FAILURE_SLEEP", "1.0")
+            .option("EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "5")
+            .option("EVENT_BUS_KAFKA_CONSUMER_FETCH_MAX_BYTES", "1024");
+        let s = KafkaSettings::from_config(&config).unwrap();
+        assert!(!s.consumers_enabled);
+        assert_eq!(
+            s.consumer_properties.keys().collect::<Vec<_>>(),
+            ["fetch.max.bytes"],
+            "only the librdkafka property goes through"
+        );
+        assert!(s.properties.is_empty() && s.producer_properties.is_empty());
+    }
 
     #[test]
     fn url_and_options_become_settings_and_properties() {

@@ -37,6 +37,7 @@ impl GroupMode {
             history_for_new_groups: true,
             replay_from_time: true,
             survives_restart: true,
+            pending_per_member: false,
         }
     }
 

@@ -91,6 +91,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     history_for_new_groups: true,
     replay_from_time: true,
     survives_restart: true,
+    pending_per_member: true,
 };
 
 inventory::submit! {

@@ -17,7 +17,7 @@ use eventbus_core::{
 };
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::StreamPendingCountReply;
+use redis::streams::{StreamInfoConsumersReply, StreamPendingCountReply};
 use redis::Client;
 use tokio::sync::{mpsc, watch};
 
@@ -293,6 +293,39 @@ impl Reader {
                 tracing::info!(stream, id = %entry.id, attempt, "took over an entry a member left unacknowledged");
                 self.shared.deliver(tx, stream, entry, attempt).await;
             }
+        }
+        for stream in &self.streams {
+            self.remove_departed(&mut conn, stream).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes members that hold nothing and were idle for the claim idle time: consumers that
+    /// went away (a restart under a new name) would otherwise stay listed in the group for ever.
+    /// A live member removed while idle is added again by Redis with its next read.
+    async fn remove_departed(&self, conn: &mut ConnectionManager, stream: &str) -> Result<()> {
+        let idle = self.settings.claim_idle.as_millis() as usize;
+        let members: StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg(&self.shared.group)
+            .query_async(conn)
+            .await
+            .map_err(|e| read_failed("XINFO CONSUMERS", e))?;
+        for gone in members
+            .consumers
+            .iter()
+            .filter(|c| c.pending == 0 && c.idle >= idle && c.name != self.shared.consumer)
+        {
+            let _: usize = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(stream)
+                .arg(&self.shared.group)
+                .arg(&gone.name)
+                .query_async(conn)
+                .await
+                .map_err(|e| read_failed("XGROUP DELCONSUMER", e))?;
+            tracing::debug!(stream, group = %self.shared.group, consumer = %gone.name, idle_ms = gone.idle, "removed a departed member that held nothing");
         }
         Ok(())
     }

@@ -6,6 +6,15 @@ use eventbus_core::redact::Redactor;
 use eventbus_core::registry::BackendConfig;
 use eventbus_core::{Error, ErrorKind, Result};
 
+/// Open edX's name for the server URL.
+pub(crate) const CONNECTION_URL: &str = "EVENT_BUS_REDIS_CONNECTION_URL";
+
+/// Open edX's polling settings, recognised and without effect.
+const OPEN_EDX_POLLING: [&str; 2] = [
+    "EVENT_BUS_REDIS_CONSUMER_POLL_TIMEOUT",
+    "EVENT_BUS_REDIS_CONSUMER_POLL_FAILURE_SLEEP",
+];
+
 /// How the Redis backend talks to its server.
 ///
 /// Every field has an `EVENT_BUS_REDIS_*` option; see the crate documentation for the table.
@@ -66,13 +75,26 @@ impl RedisSettings {
 
     /// Reads the URL and the `EVENT_BUS_REDIS_*` options of a backend configuration.
     pub fn from_config(config: &BackendConfig) -> Result<Self> {
-        let url = config.url.clone().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Config,
-                "the Redis backend needs a URL; set EVENT_BUS_URL=redis://host:port",
-            )
-            .with("setting", "EVENT_BUS_URL")
-        })?;
+        // Open edX names the URL EVENT_BUS_REDIS_CONNECTION_URL; EVENT_BUS_URL wins.
+        let url = config
+            .url
+            .clone()
+            .or_else(|| config.get(CONNECTION_URL).map(str::to_owned))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    "the Redis backend needs a URL; set EVENT_BUS_URL=redis://host:port (or Open edX's EVENT_BUS_REDIS_CONNECTION_URL)",
+                )
+                .with("setting", "EVENT_BUS_URL")
+            })?;
+        for name in OPEN_EDX_POLLING {
+            if config.get(name).is_some() {
+                tracing::info!(
+                    setting = name,
+                    "an Open edX setting with no effect here: reads block for EVENT_BUS_REDIS_BLOCK_MS, and failures back off by the core's schedule"
+                );
+            }
+        }
         let defaults = Self::new(url);
         let millis = |name: &'static str, default: Duration| -> Result<Duration> {
             let ms: u64 = config.parse_or(name, default.as_millis() as u64)?;
@@ -152,6 +174,23 @@ mod tests {
         assert_eq!(s.stream_max_len, 0);
         assert_eq!(s.claim_idle, Duration::from_millis(1500));
         assert_eq!(s.block, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn open_edx_connection_url_is_accepted_and_event_bus_url_wins() {
+        let open_edx = BackendConfig::new(None).option(CONNECTION_URL, "redis://edx:6379/0");
+        assert_eq!(
+            RedisSettings::from_config(&open_edx).unwrap().url,
+            "redis://edx:6379/0"
+        );
+        let both = BackendConfig::new(Some("redis://ours:1".into()))
+            .option(CONNECTION_URL, "redis://edx:6379/0");
+        assert_eq!(
+            RedisSettings::from_config(&both).unwrap().url,
+            "redis://ours:1"
+        );
+        let err = RedisSettings::from_config(&BackendConfig::new(None)).unwrap_err();
+        assert!(err.to_string().contains(CONNECTION_URL), "{err}");
     }
 
     #[test]

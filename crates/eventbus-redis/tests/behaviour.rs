@@ -452,3 +452,59 @@ async fn an_event_delivered_too_often_is_dead_lettered_without_running() {
         (0, "4".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_left_holding_nothing_are_removed_from_the_group() {
+    let (server, transport) = started().await;
+    let members = || async {
+        let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("jobs")
+            .arg("g")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = reply.consumers.into_iter().map(|c| c.name).collect();
+        names.sort();
+        names
+    };
+    transport
+        .publisher
+        .publish("jobs", vec![message("one")])
+        .await
+        .unwrap();
+    // A member under a one-off name reads, acknowledges and goes away, as after a restart.
+    let mut gone = transport
+        .subscriber
+        .subscribe(Subscription::new("jobs", "g", "restarted-7f3a"))
+        .await
+        .unwrap();
+    next(&mut gone).await.ack().await.unwrap();
+    drop(gone);
+    let mut stays = transport
+        .subscriber
+        .subscribe(Subscription::new("jobs", "g", "stable"))
+        .await
+        .unwrap();
+    assert!(members().await.contains(&"restarted-7f3a".to_owned()));
+    // After the claim idle time (500 ms here) the next claim round removes it. (Redis 7.0 lists
+    // a member only once it was handed an entry, so the live one is not listed yet.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while members().await.contains(&"restarted-7f3a".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still listed: {:?}",
+            members().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    transport
+        .publisher
+        .publish("jobs", vec![message("two")])
+        .await
+        .unwrap();
+    let two = next(&mut stays).await;
+    assert_eq!(&two.message.payload[..], b"two");
+    assert_eq!(members().await, ["stable"], "the live member reads on");
+    two.ack().await.unwrap();
+}

@@ -21,7 +21,7 @@ use crate::event::Event;
 use crate::producer::Producer;
 use crate::serializer::Serializer;
 use crate::signal::{registered_signals, Receiver};
-use crate::transport::{StartPosition, Subscriber};
+use crate::transport::{StartPosition, Subscriber, Transport};
 
 use self::dispatch::{EventRoute, Route};
 pub use self::retry::RetryPolicy;
@@ -63,6 +63,9 @@ pub struct Consumer {
     pub(crate) topics: Vec<String>,
     pub(crate) group: String,
     pub(crate) name: String,
+    /// Whether `name` was chosen by the application (stable across restarts).
+    pub(crate) named: bool,
+    pub(crate) pending_per_member: bool,
     pub(crate) start: Option<StartPosition>,
     pub(crate) routes: HashMap<String, Arc<dyn Route>>,
     pub(crate) settings: ConsumerSettings,
@@ -85,7 +88,7 @@ impl fmt::Debug for Consumer {
 
 impl Consumer {
     pub(crate) fn new(
-        subscriber: Arc<dyn Subscriber>,
+        transport: &Transport,
         producer: Producer,
         serializer: Arc<dyn Serializer>,
         topic: &str,
@@ -93,7 +96,9 @@ impl Consumer {
         settings: ConsumerSettings,
     ) -> Self {
         Self {
-            subscriber,
+            subscriber: Arc::clone(&transport.subscriber),
+            pending_per_member: transport.guarantees.pending_per_member,
+            named: false,
             producer,
             serializer,
             topics: vec![topic.to_owned()],
@@ -116,10 +121,14 @@ impl Consumer {
         self
     }
 
-    /// Names this member of the group (default: host name and a random suffix).
+    /// Names this member of the group (default: host name and a random suffix). Give a name
+    /// that stays the same across restarts (`orders-worker-1`) where the backend keeps
+    /// unacknowledged deliveries per member (Redis): the restarted member then takes them back at
+    /// once instead of leaving them for others to claim after the claim idle time.
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self.named = true;
         self
     }
 
@@ -190,6 +199,13 @@ impl Consumer {
     /// errors are returned here; once this returns, events published are seen by the consumer
     /// (when it starts at `Latest`, say).
     pub async fn start(self) -> Result<ConsumerHandle> {
+        if self.pending_per_member && !self.named {
+            tracing::warn!(
+                group = %self.group,
+                consumer = %self.name,
+                "this consumer has no stable name: after a restart its unacknowledged deliveries wait for the claim idle time (EVENT_BUS_REDIS_CLAIM_IDLE_MS) before another member takes them; name it with Consumer::name"
+            );
+        }
         let subscribed = runner::subscribe(self.with_default_routes()).await?;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(runner::run(subscribed, async move {
@@ -210,8 +226,10 @@ impl Consumer {
     }
 }
 
-/// A consumer running on a background task.
+/// A consumer running on a background task. Dropping the handle stops the consumer, so keep it
+/// for as long as the consumer should run.
 #[derive(Debug)]
+#[must_use = "dropping the handle stops the consumer; keep it, and call `shutdown` to stop"]
 pub struct ConsumerHandle {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,

@@ -69,6 +69,14 @@ impl Subscriber for KafkaSubscriber {
             return Err(closed_error("Kafka subscriber"));
         }
         subscription.check()?;
+        if !self.settings.consumers_enabled {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "Kafka consumers are switched off; set EVENT_BUS_KAFKA_CONSUMERS_ENABLED=true to consume",
+            )
+            .with("setting", "EVENT_BUS_KAFKA_CONSUMERS_ENABLED")
+            .with("group", &subscription.group));
+        }
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         self.topics.ensure(&topics).await?;
         // A member of this process still leaving the group would join the rebalance this

@@ -38,6 +38,7 @@ pub const GUARANTEES: Guarantees = Guarantees {
     history_for_new_groups: true,
     replay_from_time: true,
     survives_restart: false,
+    pending_per_member: false,
 };
 
 inventory::submit! {
