@@ -1,10 +1,16 @@
 //! The Kafka backend of eventbus (`kafka://host:port[,host:port…]`, name `kafka`).
 //!
-//! Messages are what Open edX's `edx-event-bus-kafka` writes: the event key as the message
-//! key, the CloudEvents attributes as UTF-8 headers (`ce_id`, `ce_type`, `ce_source`,
-//! `ce_specversion`, `ce_time`, `ce_minorversion`, `sourcehost`, `sourcelib`, `content-type`,
-//! `ce_datacontenttype`), and the value in Avro with Confluent framing, its schema registered
-//! under the subject `<topic>-<event type>.CloudEvent` in a schema registry.
+//! Messages are what Open edX's `edx-event-bus-kafka` writes: the CloudEvents attributes as
+//! UTF-8 headers (`ce_id`, `ce_type`, `ce_source`, `ce_specversion`, `ce_time`,
+//! `ce_minorversion`, `sourcehost`, `sourcelib`, `content-type`, `ce_datacontenttype`), the value
+//! in Avro with Confluent framing, its schema registered under the subject
+//! `<topic>-<event type>.CloudEvent` in a schema registry, and the key Confluent-framed too: the
+//! key field's definition from the event schema (`{"name": "id", "type": "long"}` for `user.id`)
+//! is the key schema, registered under `<topic>-<type name>` (`dev-user-login-long`), and the key
+//! bytes are the frame around its Avro datum (`00 00 00 00 01 54` for user 42 when the key schema
+//! has id 1). A Python and a Rust producer thus put one key on one partition. Keys of other
+//! producers (UTF-8 text) are read as well (`Serializer::decode_key`). Keys and header values
+//! travel as bytes, unchanged.
 //!
 //! ```no_run
 //! # async fn demo() -> eventbus_core::Result<()> {
@@ -56,6 +62,9 @@
 //! | `EVENT_BUS_KAFKA_TOPIC_PARTITIONS`, `…_TOPIC_REPLICATION` | 8, 1 | for topics eventbus creates |
 //! | `EVENT_BUS_KAFKA_FLUSH_TIMEOUT_MS` | 10000 | how long close waits for undelivered messages |
 //! | `EVENT_BUS_KAFKA_PARTITION_BUFFER` | 500 | messages held per partition before it is paused |
+//! | `EVENT_BUS_KAFKA_CONSUMERS_ENABLED` | true | Open edX's kill switch: `false` makes `subscribe` fail with an error naming it |
+//! | `EVENT_BUS_KAFKA_CONSUMER_POLL_TIMEOUT`, `…_POLL_FAILURE_SLEEP` | | Open edX's; recognised, no effect (librdkafka wakes the consumer) |
+//! | `EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` | | Open edX's; read as the core's `EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` when that is not set |
 //! | `EVENT_BUS_KAFKA_PRODUCER_<NAME>`, `EVENT_BUS_KAFKA_CONSUMER_<NAME>` | | a librdkafka property for the producer or the consumers only |
 //! | any other `EVENT_BUS_KAFKA_<NAME>` | | the librdkafka property `<name>`, lower case, `_` → `.` |
 //!

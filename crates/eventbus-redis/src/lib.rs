@@ -25,12 +25,18 @@
 //!   timeout exceeds the block time. A reader first takes back what its consumer name left
 //!   pending, then reads new entries, and every claim interval takes over (`XAUTOCLAIM`) entries
 //!   other members left unacknowledged for the claim idle time. The delivery count Redis keeps
-//!   becomes the delivery's attempt, which drives the core's retry and dead-letter policy.
+//!   becomes the delivery's attempt, which drives the core's retry and dead-letter policy. The
+//!   same round removes (`XGROUP DELCONSUMER`) members that hold nothing and were idle for the
+//!   claim idle time, so consumers that restarted under new names do not pile up in the group.
+//!   Pending entries belong to a member's name: give consumers names that survive a restart
+//!   (`Consumer::name`), or what a member held waits the claim idle time for another one; the
+//!   consumer warns when it has none.
 //! - **Acknowledging** is `XACK`, after success only. A nack leaves the entry pending and claims it
 //!   back after the delay.
 //! - **Connections.** Commands share one connection that reconnects with exponential backoff; a
 //!   command sent while Redis is away fails with a temporary error. A reader that loses Redis
-//!   logs it and retries with backoff (100 ms doubling to 5 s) until its subscriber closes.
+//!   reports the error on its delivery stream (the core logs and counts it) and retries with
+//!   backoff (100 ms doubling to 5 s) until its subscriber closes.
 //!
 //! What Redis does not give, the backend does not declare: a group hands entries to whichever
 //! member asks, whatever their key, and a nacked entry comes back after later ones, so there is
@@ -47,6 +53,8 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `EVENT_BUS_URL` | (required) | `redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS |
+//! | `EVENT_BUS_REDIS_CONNECTION_URL` | | Open edX's name for the URL, read when `EVENT_BUS_URL` is not set |
+//! | `EVENT_BUS_REDIS_CONSUMER_POLL_TIMEOUT`, `…_POLL_FAILURE_SLEEP` | | Open edX's; recognised, no effect (reads block for `EVENT_BUS_REDIS_BLOCK_MS`) |
 //! | `EVENT_BUS_REDIS_STREAM_MAX_LEN` | 10000 | approximate stream length kept (`MAXLEN ~`); 0 keeps all |
 //! | `EVENT_BUS_REDIS_BLOCK_MS` | 2000 | how long one read waits for new entries |
 //! | `EVENT_BUS_REDIS_READ_COUNT` | 64 | entries per read |
