@@ -246,11 +246,7 @@ impl BusConfig {
     /// wherever they appear.
     pub fn redactor(&self) -> Redactor {
         let options = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let redactor = Redactor::new().options(options);
-        match &self.url {
-            Some(url) => redactor.url(url),
-            None => redactor,
-        }
+        Redactor::for_config(self.url.as_deref(), options)
     }
 }
 

@@ -107,6 +107,18 @@ impl Redactor {
         self
     }
 
+    /// The secrets of a configuration: its secret options and its URL's password.
+    pub fn for_config<'a>(
+        url: Option<&str>,
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let redactor = Self::new().options(options);
+        match url {
+            Some(url) => redactor.url(url),
+            None => redactor,
+        }
+    }
+
     /// `text` with URL passwords and every known secret value replaced by [`MASK`].
     pub fn redact(&self, text: &str) -> String {
         let mut out = redact_urls_in(text);

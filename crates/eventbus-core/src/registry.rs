@@ -69,11 +69,7 @@ impl BackendConfig {
     /// settings to hide wherever they appear.
     pub fn redactor(&self) -> crate::redact::Redactor {
         let options = self.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let redactor = crate::redact::Redactor::new().options(options);
-        match &self.url {
-            Some(url) => redactor.url(url),
-            None => redactor,
-        }
+        crate::redact::Redactor::for_config(self.url.as_deref(), options)
     }
 }
 

@@ -46,20 +46,7 @@ async fn a_published_event_has_open_edx_headers_and_a_framed_value() {
         .await
         .unwrap();
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", "wire-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("dev-user-login", 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let message = loop {
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            break m.unwrap().detach();
-        }
-    };
+    let message = first_login_message(&broker, "wire-reader");
 
     let headers: BTreeMap<String, String> = message
         .headers()
@@ -144,6 +131,24 @@ async fn a_message_written_as_open_edx_does_is_consumed_as_the_typed_event() {
     consumer.shutdown().await.unwrap();
 }
 
+/// The first message of `dev-user-login`, read by a plain rdkafka consumer in `group`.
+fn first_login_message(broker: &BrokerProcess, group: &str) -> rdkafka::message::OwnedMessage {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("dev-user-login", 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    loop {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            break m.unwrap().detach();
+        }
+    }
+}
+
 /// `POST /subjects/{subject}/versions` the way the Python client does it.
 async fn reqwest_register(url: &str, schema: &str) -> serde_json::Value {
     reqwest::Client::new()
@@ -187,20 +192,7 @@ async fn keys_are_written_as_open_edx_writes_them_and_read_in_both_forms() {
     );
     assert_eq!(registry.subjects()[SUBJECT], vec![2]);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.addr())
-        .set("group.id", "key-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("dev-user-login", 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let message = loop {
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            break m.unwrap().detach();
-        }
-    };
+    let message = first_login_message(&broker, "key-reader");
     assert_eq!(message.key(), Some(OPEN_EDX_KEY_42), "byte for byte");
     assert_eq!(&message.payload().unwrap()[..5], &[0, 0, 0, 0, 2]);
 

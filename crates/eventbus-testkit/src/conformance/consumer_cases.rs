@@ -15,15 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::support::{check, next, require, take_acked, CaseError, Ctx, RECEIVE_TIMEOUT};
 use super::{Case, CaseResultOf};
 
-macro_rules! case {
-    ($name:ident) => {
-        Case {
-            name: stringify!($name),
-            run: |ctx| Box::pin($name(ctx)),
-        }
-    };
-}
-
 pub(super) fn cases() -> Vec<Case> {
     vec![
         case!(poison_messages_dead_lettered),

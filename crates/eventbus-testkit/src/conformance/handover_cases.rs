@@ -8,15 +8,6 @@ use super::consumer_cases::{dead_letters, ConformanceItem};
 use super::support::{body, check, next, quiet, CaseError, Ctx};
 use super::{Case, CaseResultOf};
 
-macro_rules! case {
-    ($name:ident) => {
-        Case {
-            name: stringify!($name),
-            run: |ctx| Box::pin($name(ctx)),
-        }
-    };
-}
-
 pub(super) fn cases() -> Vec<Case> {
     vec![
         case!(binary_key_and_headers_roundtrip),

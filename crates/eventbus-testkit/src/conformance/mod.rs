@@ -16,6 +16,16 @@
 //! # }
 //! ```
 
+/// A [`Case`] of the async function of that name; used by the case modules below.
+macro_rules! case {
+    ($name:ident) => {
+        Case {
+            name: stringify!($name),
+            run: |ctx| Box::pin($name(ctx)),
+        }
+    };
+}
+
 mod consumer_cases;
 mod handover_cases;
 pub mod support;

@@ -10,15 +10,6 @@ use super::support::{
 };
 use super::{Case, CaseResultOf};
 
-macro_rules! case {
-    ($name:ident) => {
-        Case {
-            name: stringify!($name),
-            run: |ctx| Box::pin($name(ctx)),
-        }
-    };
-}
-
 pub(super) fn cases() -> Vec<Case> {
     vec![
         case!(publish_subscribe_roundtrip),
