@@ -253,11 +253,7 @@ impl BusConfig {
 impl fmt::Debug for BusConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redactor = self.redactor();
-        let options: BTreeMap<&str, String> = self
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), redactor.option_value(k, v)))
-            .collect();
+        let options = redactor.shown(&self.options);
         let raw = RawBusConfig {
             config: self,
             options,

@@ -139,6 +139,17 @@ impl Redactor {
         }
     }
 
+    /// A map of options as it may be shown, each value through [`Redactor::option_value`].
+    pub fn shown<'a>(
+        &self,
+        options: &'a std::collections::BTreeMap<String, String>,
+    ) -> std::collections::BTreeMap<&'a str, String> {
+        options
+            .iter()
+            .map(|(k, v)| (k.as_str(), self.option_value(k, v)))
+            .collect()
+    }
+
     /// Writes `value`'s `Debug` output (alternate form when asked) with secrets hidden: the way a
     /// configuration's `Debug` is implemented, so that a secret in any field stays out.
     pub fn debug(&self, f: &mut fmt::Formatter<'_>, value: &dyn fmt::Debug) -> fmt::Result {

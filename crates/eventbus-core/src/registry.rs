@@ -76,11 +76,7 @@ impl BackendConfig {
 impl fmt::Debug for BackendConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redactor = self.redactor();
-        let options: BTreeMap<&str, String> = self
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), redactor.option_value(k, v)))
-            .collect();
+        let options = redactor.shown(&self.options);
         let url = self.url.as_deref().map(|u| redactor.redact(u));
         f.debug_struct("BackendConfig")
             .field("url", &url)

@@ -281,16 +281,11 @@ impl KafkaSettings {
 impl std::fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let redactor = self.redactor();
-        let masked = |map: &BTreeMap<String, String>| -> BTreeMap<String, String> {
-            map.iter()
-                .map(|(k, v)| (k.clone(), redactor.option_value(k, v)))
-                .collect()
-        };
         let shown = ShownKafkaSettings {
             settings: self,
-            properties: masked(&self.properties),
-            producer_properties: masked(&self.producer_properties),
-            consumer_properties: masked(&self.consumer_properties),
+            properties: redactor.shown(&self.properties),
+            producer_properties: redactor.shown(&self.producer_properties),
+            consumer_properties: redactor.shown(&self.consumer_properties),
         };
         redactor.debug(f, &shown)
     }
@@ -299,9 +294,9 @@ impl std::fmt::Debug for KafkaSettings {
 /// [`KafkaSettings`] with secret properties masked by name, before the redaction by value.
 struct ShownKafkaSettings<'a> {
     settings: &'a KafkaSettings,
-    properties: BTreeMap<String, String>,
-    producer_properties: BTreeMap<String, String>,
-    consumer_properties: BTreeMap<String, String>,
+    properties: BTreeMap<&'a str, String>,
+    producer_properties: BTreeMap<&'a str, String>,
+    consumer_properties: BTreeMap<&'a str, String>,
 }
 
 impl std::fmt::Debug for ShownKafkaSettings<'_> {
