@@ -50,6 +50,15 @@ if [ -n "$forbidden" ]; then
     echo "error: the quickstart's build compiles broker clients or test machinery:" $forbidden >&2
     exit 1
 fi
+# The same for what an application that depends on `eventbus` (default features) compiles.
+test_only=$(cargo tree --locked -p eventbus -e normal --prefix none \
+    | awk '{print $1}' \
+    | grep -E -x 'rdkafka|pulsar|redis|reqwest|tempfile|crc|axum|eventbus-(redis|kafka|pulsar)' \
+    | sort -u || true)
+if [ -n "$test_only" ]; then
+    echo "error: eventbus with default features depends on:" $test_only >&2
+    exit 1
+fi
 units=$(grep -c -E '^ +(Compiling|Fresh) ' "$quickstart_log")
 env -u PROTOC PATH="$no_tools:$PATH" cargo run --quiet --locked --example quickstart >/dev/null
 echo "quickstart: built from $units units with cargo alone, and ran"
