@@ -36,7 +36,9 @@
 //!   was acknowledged (`enable.auto.offset.store=false`) and committed every second, before
 //!   partitions are revoked, and on close, so a rebalance never skips an unacknowledged message
 //!   (it may repeat one). One message per partition is out at a time: order per partition, and
-//!   so per key, with concurrency across partitions. A nack hands the same message out again
+//!   so per key, with concurrency across partitions. An ack that comes after its partition was
+//!   revoked fails with `ErrorKind::Reassigned`: the next owner reads the message again from the
+//!   last commit (at-least-once). A nack hands the same message out again
 //!   after its delay. A partition whose buffer fills (`EVENT_BUS_KAFKA_PARTITION_BUFFER`) is
 //!   paused, never the poll loop, so the group session does not starve.
 //! - **Leaving and joining.** Dropping a stream returns at once; its consumer commits, leaves

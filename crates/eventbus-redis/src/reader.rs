@@ -295,7 +295,11 @@ impl Reader {
             }
         }
         for stream in &self.streams {
-            self.remove_departed(&mut conn, stream).await?;
+            // Housekeeping: a failure here (the stream vanished, say) is no fetch error; the
+            // next round tries again.
+            if let Err(e) = self.remove_departed(&mut conn, stream).await {
+                tracing::debug!(error = %e, stream, "cannot look for departed members");
+            }
         }
         Ok(())
     }
