@@ -118,16 +118,15 @@ impl BusConfig {
             c.retry.cap = Duration::from_millis(v);
         }
         // Open edX names the limit per backend; ours wins when both are set.
-        let limit = [
+        for name in [
             "EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
             "EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
             "EVENT_BUS_REDIS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT",
-        ]
-        .into_iter()
-        .map(|name| number(&vars, name))
-        .find(|n| !matches!(n, Ok(None)));
-        if let Some(v) = limit.transpose()?.flatten() {
-            c.consecutive_error_limit = v as u32;
+        ] {
+            if let Some(v) = number(&vars, name)? {
+                c.consecutive_error_limit = v as u32;
+                break;
+            }
         }
         if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_CONCURRENCY")? {
             c.concurrency = (v as usize).max(1);

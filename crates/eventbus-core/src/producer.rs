@@ -189,18 +189,18 @@ impl Producer {
         self.encode(full_topic, event, metadata, key)
     }
 
+    /// A new event keyed by its own key field.
+    fn encode_new<E: Event>(&self, full_topic: &str, event: &E) -> Result<Message> {
+        let key = event.key();
+        let metadata = self.metadata::<E>();
+        self.encode_keyed(full_topic, event, &metadata, key.as_deref(), E::KEY_FIELD)
+    }
+
     /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
     pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Position> {
         let full = self.settings.full_topic(topic);
         self.register::<E>(&full, E::KEY_FIELD).await?;
-        let key = event.key();
-        let message = self.encode_keyed(
-            &full,
-            event,
-            &self.metadata::<E>(),
-            key.as_deref(),
-            E::KEY_FIELD,
-        )?;
+        let message = self.encode_new(&full, event)?;
         single(self.publish(&full, vec![message]).await?, &full)
     }
 
@@ -228,16 +228,7 @@ impl Producer {
         self.register::<E>(&full, E::KEY_FIELD).await?;
         let messages = events
             .iter()
-            .map(|event| {
-                let key = event.key();
-                self.encode_keyed(
-                    &full,
-                    event,
-                    &self.metadata::<E>(),
-                    key.as_deref(),
-                    E::KEY_FIELD,
-                )
-            })
+            .map(|event| self.encode_new(&full, event))
             .collect::<Result<Vec<_>>>()?;
         self.publish(&full, messages).await
     }

@@ -41,18 +41,8 @@ impl SchemaIds {
 
     /// Makes sure the schema of `E` has an id for `full_topic`, registering it on first use.
     pub async fn register<E: Event>(&self, full_topic: &str) -> Result<u32> {
-        let schema = E::schema()?;
         let subject = confluent_subject(full_topic, E::EVENT_TYPE);
-        if let Some(id) = self.store.registered_id(&subject, schema) {
-            return Ok(id);
-        }
-        let id = self
-            .registry
-            .register(&subject, schema)
-            .await
-            .map_err(|e| e.with("subject", &subject))?;
-        self.store.add_registered(&subject, id, schema.clone());
-        Ok(id)
+        self.id_under(&subject, E::schema()?).await
     }
 
     /// Makes sure the key schema of the field at `key_field` of `E` has an id for `full_topic`
@@ -61,17 +51,20 @@ impl SchemaIds {
         let key: Arc<KeySchema> = self
             .store
             .key_schema(E::EVENT_TYPE, key_field, E::schema()?)?;
-        let subject = key.subject(full_topic);
-        if let Some(id) = self.store.registered_id(&subject, key.schema()) {
+        self.id_under(&key.subject(full_topic), key.schema()).await
+    }
+
+    /// The id of `schema` under `subject`: from the store, or registered once and remembered.
+    async fn id_under(&self, subject: &str, schema: &EventSchema) -> Result<u32> {
+        if let Some(id) = self.store.registered_id(subject, schema) {
             return Ok(id);
         }
         let id = self
             .registry
-            .register(&subject, key.schema())
+            .register(subject, schema)
             .await
-            .map_err(|e| e.with("subject", &subject))?;
-        self.store
-            .add_registered(&subject, id, key.schema().clone());
+            .map_err(|e| e.with("subject", subject))?;
+        self.store.add_registered(subject, id, schema.clone());
         Ok(id)
     }
 

@@ -408,6 +408,17 @@ impl ConfluentAvroSerializer {
     pub fn new(store: Arc<SchemaStore>) -> Self {
         Self { store }
     }
+
+    /// The id `schema` was registered with under `subject` (event or key).
+    fn registered_id(&self, subject: &str, schema: &EventSchema) -> Result<u32> {
+        self.store.registered_id(subject, schema).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Serialize,
+                "no schema id is known for this subject; the Confluent framing needs a schema registry (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
+            )
+            .with("subject", subject)
+        })
+    }
 }
 
 impl Serializer for ConfluentAvroSerializer {
@@ -424,14 +435,7 @@ impl Serializer for ConfluentAvroSerializer {
         event: &dyn erased_serde::Serialize,
         ctx: &SchemaContext<'_>,
     ) -> Result<Vec<u8>> {
-        let subject = confluent_subject(ctx.topic, ctx.event_type);
-        let id = self.store.registered_id(&subject, ctx.schema).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Serialize,
-                "no schema id is known for this subject; the Confluent framing needs a schema registry (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
-            )
-            .with("subject", &subject)
-        })?;
+        let id = self.registered_id(&confluent_subject(ctx.topic, ctx.event_type), ctx.schema)?;
         let mut out = Vec::with_capacity(128);
         out.push(CONFLUENT_MAGIC);
         out.extend_from_slice(&id.to_be_bytes());
@@ -458,14 +462,7 @@ impl Serializer for ConfluentAvroSerializer {
             return Ok(key.as_bytes().to_vec());
         };
         let schema = self.store.key_schema(ctx.event_type, path, ctx.schema)?;
-        let subject = schema.subject(ctx.topic);
-        let id = self.store.registered_id(&subject, schema.schema()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Serialize,
-                "no schema id is known for this key subject; the Confluent framing needs a schema registry (for Kafka, set EVENT_BUS_KAFKA_SCHEMA_REGISTRY_URL)",
-            )
-            .with("subject", &subject)
-        })?;
+        let id = self.registered_id(&schema.subject(ctx.topic), schema.schema())?;
         Ok(confluent_frame(id, &schema.encode_datum(key)?))
     }
 

@@ -75,13 +75,20 @@ impl RegistrySettings {
 
 impl std::fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = format!(
-            "RegistrySettings {{ url: {:?}, username: {:?}, password: {:?} }}",
-            redact_url(&self.url),
-            self.username,
-            self.password.as_ref().map(|_| MASK)
-        );
-        f.write_str(&self.redactor().redact(&shown))
+        self.redactor().debug(f, &ShownRegistrySettings(self))
+    }
+}
+
+/// [`RegistrySettings`] with the password masked, before the redaction by value.
+struct ShownRegistrySettings<'a>(&'a RegistrySettings);
+
+impl std::fmt::Debug for ShownRegistrySettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("url", &self.0.url)
+            .field("username", &self.0.username)
+            .field("password", &self.0.password.as_ref().map(|_| MASK))
+            .finish()
     }
 }
 

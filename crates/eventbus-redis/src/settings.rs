@@ -43,18 +43,28 @@ pub struct RedisSettings {
 
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = format!(
-            "RedisSettings {{ url: {:?}, stream_max_len: {}, block: {:?}, read_count: {}, claim_idle: {:?}, claim_interval: {:?}, response_timeout: {:?}, connect_timeout: {:?} }}",
-            self.url,
-            self.stream_max_len,
-            self.block,
-            self.read_count,
-            self.claim_idle,
-            self.claim_interval,
-            self.response_timeout,
-            self.connect_timeout,
-        );
-        f.write_str(&Redactor::new().url(&self.url).redact(&shown))
+        Redactor::new()
+            .url(&self.url)
+            .debug(f, &ShownRedisSettings(self))
+    }
+}
+
+/// [`RedisSettings`] before the redaction of the URL's password.
+struct ShownRedisSettings<'a>(&'a RedisSettings);
+
+impl std::fmt::Debug for ShownRedisSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        f.debug_struct("RedisSettings")
+            .field("url", &s.url)
+            .field("stream_max_len", &s.stream_max_len)
+            .field("block", &s.block)
+            .field("read_count", &s.read_count)
+            .field("claim_idle", &s.claim_idle)
+            .field("claim_interval", &s.claim_interval)
+            .field("response_timeout", &s.response_timeout)
+            .field("connect_timeout", &s.connect_timeout)
+            .finish()
     }
 }
 
