@@ -5,8 +5,9 @@ use std::sync::Arc;
 use crate::config::BusConfig;
 use crate::consumer::Consumer;
 use crate::error::Result;
+use crate::health::Health;
 use crate::metadata::host_name;
-use crate::producer::{Producer, ProducerSettings};
+use crate::producer::{Producer, ProducerSettings, ProducerStack, PublishLayer};
 use crate::registry;
 use crate::routing::{self, Outbox};
 use crate::schema_registry::SchemaIds;
@@ -28,6 +29,7 @@ pub struct Bus {
     serializer: Arc<dyn Serializer>,
     store: Arc<SchemaStore>,
     config: Arc<BusConfig>,
+    health: Health,
 }
 
 impl Bus {
@@ -61,18 +63,43 @@ impl Bus {
             Arc::clone(&transport.publisher),
             Arc::clone(&serializer),
             settings,
-        );
+        )
+        .with_backend(transport.backend);
         if let Some(registry) = &transport.schema_registry {
             producer =
                 producer.with_schema_ids(SchemaIds::new(Arc::clone(&store), Arc::clone(registry)));
         }
+        let health = Health::new(transport.backend, Arc::clone(&transport.subscriber));
         Bus {
             transport,
             producer,
             serializer,
             store,
             config: Arc::new(config),
+            health,
         }
+    }
+
+    /// Adds a producer layer innermost (see [`Producer::layer`]). Consumers built afterwards
+    /// publish their dead letters through it too, and so does [`Bus::install_global`].
+    #[must_use]
+    pub fn producer_layer(mut self, layer: impl PublishLayer + 'static) -> Self {
+        self.producer = self.producer.layer(layer);
+        self
+    }
+
+    /// Edits the producer's layer stack (see [`Producer::layers`]).
+    pub fn producer_layers(
+        mut self,
+        edit: impl FnOnce(&mut ProducerStack) -> Result<()>,
+    ) -> Result<Self> {
+        self.producer = self.producer.layers(edit)?;
+        Ok(self)
+    }
+
+    /// Liveness and readiness of the broker and of the consumers started on this bus.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The producer.
@@ -99,6 +126,7 @@ impl Bus {
     pub fn consumer(&self, topic: &str, group: &str) -> Consumer {
         Consumer::new(
             &self.transport,
+            self.health.clone(),
             self.producer.clone(),
             Arc::clone(&self.serializer),
             topic,

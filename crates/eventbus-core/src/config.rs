@@ -15,6 +15,9 @@
 //! | `EVENT_BUS_CONSUMER_CONCURRENCY` | events handled at once | 8 |
 //! | `EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS` | drain time on shutdown | 30000 |
 //! | `EVENT_BUS_DEAD_LETTER_TOPIC` | dead-letter topic template | `{topic}.dlq` |
+//! | `EVENT_BUS_CONSUMER_HANDLER_TIMEOUT_MS` | longest attempt of the receivers; slower counts as failed (0: none) | none |
+//! | `EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES` | `dead-letter` or `skip` event types no receiver handles | `dead-letter` |
+//! | `EVENT_BUS_CONSUMER_LAG_INTERVAL_MS` | how often the group's lag is read for the lag gauge (0: never) | 15000 |
 //! | `EVENT_BUS_<BACKEND>_*` | passed to that backend as options | |
 
 use std::collections::BTreeMap;
@@ -22,7 +25,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::consumer::ConsumerSettings;
+use crate::consumer::{ConsumerSettings, UnknownEventTypes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::redact::Redactor;
 use crate::routing::RoutingTable;
@@ -137,6 +140,25 @@ impl BusConfig {
         if let Some(t) = get("EVENT_BUS_DEAD_LETTER_TOPIC") {
             c.dead_letter_topic = t;
         }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_HANDLER_TIMEOUT_MS")? {
+            c.handler_timeout = (v > 0).then(|| Duration::from_millis(v));
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_LAG_INTERVAL_MS")? {
+            c.lag_interval = (v > 0).then(|| Duration::from_millis(v));
+        }
+        if let Some(v) = get("EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES") {
+            c.unknown_event_types = match v.trim() {
+                "dead-letter" => UnknownEventTypes::DeadLetter,
+                "skip" => UnknownEventTypes::Skip,
+                other => {
+                    return Err(
+                        Error::new(ErrorKind::Config, "expected `dead-letter` or `skip`")
+                            .with("setting", "EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES")
+                            .with("value", other),
+                    )
+                }
+            };
+        }
         for (name, value) in &vars {
             if name.starts_with("EVENT_BUS_") && !CORE_VARS.contains(&name.as_str()) {
                 config.options.insert(name.clone(), value.clone());
@@ -223,6 +245,9 @@ const CORE_VARS: &[&str] = &[
     "EVENT_BUS_CONSUMER_CONCURRENCY",
     "EVENT_BUS_CONSUMER_SHUTDOWN_TIMEOUT_MS",
     "EVENT_BUS_DEAD_LETTER_TOPIC",
+    "EVENT_BUS_CONSUMER_HANDLER_TIMEOUT_MS",
+    "EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES",
+    "EVENT_BUS_CONSUMER_LAG_INTERVAL_MS",
 ];
 
 fn number(vars: &BTreeMap<String, String>, name: &'static str) -> Result<Option<u64>> {

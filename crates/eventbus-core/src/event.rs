@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::consumer::DeliveryInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::EventMetadata;
 use crate::signal::Signal;
@@ -171,9 +172,11 @@ impl<T: EventKey> EventKey for Option<T> {
     }
 }
 
-/// An event together with its metadata, as receivers get it. Cloning is cheap.
+/// An event together with its metadata, as receivers get it, and the delivery that brought it
+/// when it came from the bus. Cloning is cheap.
 pub struct Envelope<E> {
     inner: Arc<(E, EventMetadata)>,
+    delivery: Option<Arc<DeliveryInfo>>,
 }
 
 impl<E> Envelope<E> {
@@ -181,7 +184,19 @@ impl<E> Envelope<E> {
     pub fn new(event: E, metadata: EventMetadata) -> Self {
         Self {
             inner: Arc::new((event, metadata)),
+            delivery: None,
         }
+    }
+
+    pub(crate) fn with_delivery(mut self, delivery: Arc<DeliveryInfo>) -> Self {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    /// The delivery that brought the event: topic, key, headers, attempt, position, publish
+    /// time. `None` for an event sent in-process through a signal.
+    pub fn delivery(&self) -> Option<&DeliveryInfo> {
+        self.delivery.as_deref()
     }
 
     /// The event.
@@ -199,6 +214,7 @@ impl<E> Clone for Envelope<E> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            delivery: self.delivery.clone(),
         }
     }
 }

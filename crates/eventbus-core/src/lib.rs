@@ -13,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod metadata;
 pub mod producer;
 pub mod redact;
@@ -22,21 +23,30 @@ pub mod schema;
 pub mod schema_registry;
 pub mod serializer;
 pub mod signal;
+pub mod telemetry;
 pub mod transport;
+
+/// Re-exported for implementing [`consumer::Layer`] and [`producer::PublishLayer`].
+pub use async_trait::async_trait;
 
 pub use bus::Bus;
 pub use config::BusConfig;
-pub use consumer::{Consumer, ConsumerHandle, ConsumerSettings, RetryPolicy};
+pub use consumer::{
+    Consumer, ConsumerHandle, ConsumerSettings, Context, DeliveryInfo, Layer, Next, Outcome,
+    RetryPolicy, Verdict,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Envelope, Event, EventKey, EventSchema};
 pub use eventbus_derive::{AvroRecord, Event};
+pub use health::Health;
 pub use metadata::EventMetadata;
-pub use producer::{Producer, ProducerSettings};
+pub use producer::{Outgoing, Producer, ProducerSettings, PublishLayer, PublishNext, SendOptions};
 pub use registry::{BackendConfig, BackendFactory};
 pub use routing::{RoutingTable, TopicRoute};
 pub use schema_registry::{SchemaIds, SchemaRegistry};
 pub use serializer::{SchemaStore, Serializer, SerializerKind};
 pub use signal::{BoxError, Receiver, ReceiverId, SendReport, Signal};
+pub use telemetry::TraceContext;
 pub use transport::{
     Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher,
     StartPosition, Subscriber, Subscription, Transport,

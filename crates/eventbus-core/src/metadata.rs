@@ -28,6 +28,11 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "content-type";
     /// CloudEvents content type of the payload (same value).
     pub const DATA_CONTENT_TYPE: &str = "ce_datacontenttype";
+
+    /// Whether `name` is one of the attributes above, which the producer writes itself.
+    pub fn is_reserved(name: &str) -> bool {
+        name.starts_with("ce_") || [CONTENT_TYPE, SOURCE_HOST, SOURCE_LIB].contains(&name)
+    }
 }
 
 /// The CloudEvents attributes of one event.

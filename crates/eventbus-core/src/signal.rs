@@ -139,6 +139,21 @@ impl<E: Event> Signal<E> {
     /// Runs every receiver for an event that came from the bus, without publishing it again.
     /// Fails with the first receiver error after all receivers ran.
     pub async fn dispatch(&self, envelope: Envelope<E>) -> Result<()> {
+        self.run_receivers(envelope)
+            .await
+            .map_err(|(failed, first)| {
+                Error::new(ErrorKind::Receiver, format!("{failed} receiver(s) failed"))
+                    .with("event_type", E::EVENT_TYPE)
+                    .with_source(BoxedSource(first))
+            })
+    }
+
+    /// Runs every receiver; on failure, how many failed and the first error as it was returned
+    /// (so a consumer can read a [`Verdict`](crate::consumer::Verdict) from it).
+    pub(crate) async fn run_receivers(
+        &self,
+        envelope: Envelope<E>,
+    ) -> std::result::Result<(), (usize, BoxError)> {
         let mut first_error = None;
         let mut failed = 0usize;
         for receiver in self.snapshot() {
@@ -149,11 +164,7 @@ impl<E: Event> Signal<E> {
         }
         match first_error {
             None => Ok(()),
-            Some(e) => Err(
-                Error::new(ErrorKind::Receiver, format!("{failed} receiver(s) failed"))
-                    .with("event_type", E::EVENT_TYPE)
-                    .with_source(BoxedSource(e)),
-            ),
+            Some(e) => Err((failed, e)),
         }
     }
 }

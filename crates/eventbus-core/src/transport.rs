@@ -348,6 +348,14 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream>;
     /// Ends every open subscription; their streams end.
     async fn close(&self) -> Result<()>;
+    /// Asks the broker for a sign of life (readiness checks): `Ok` once it answered.
+    async fn check(&self) -> Result<()>;
+    /// How many messages of each topic `group` has not received yet, where the broker can tell
+    /// (an empty list where it cannot).
+    async fn lag(&self, topics: &[String], group: &str) -> Result<Vec<(String, u64)>> {
+        let _ = (topics, group);
+        Ok(Vec::new())
+    }
 }
 
 /// What a backend promises. The consumer runner and the conformance suite both read it, and the

@@ -89,6 +89,7 @@
 
 mod client;
 mod consumer;
+mod probe;
 mod producer;
 mod registry;
 mod settings;

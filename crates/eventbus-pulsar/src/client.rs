@@ -76,8 +76,9 @@ pub(crate) async fn connect(settings: &PulsarSettings) -> Result<Client> {
     })
 }
 
-/// A TCP connect to the service address, so that a wrong address is reported in seconds.
-async fn probe(settings: &PulsarSettings) -> Result<()> {
+/// A TCP connect to the service address, so that a wrong address is reported in seconds (and
+/// readiness checks see a stopped broker at once).
+pub(crate) async fn probe(settings: &PulsarSettings) -> Result<()> {
     let address = settings.address();
     let connect = tokio::net::TcpStream::connect(address.as_str());
     let error = |why: String| {

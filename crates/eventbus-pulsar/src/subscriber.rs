@@ -211,4 +211,14 @@ impl Subscriber for PulsarSubscriber {
         self.closed.send_replace(true);
         Ok(())
     }
+
+    async fn check(&self) -> Result<()> {
+        // The binary protocol has no ping a client can send on its own; a broker that accepts
+        // connections at the service address is up, and a consumer that lost its connection
+        // reports that as fetch errors, which readiness sees too.
+        crate::client::probe(&self.settings).await
+    }
+
+    // Backlog is reported by the admin REST API, not the binary protocol this client speaks,
+    // so `lag` keeps the default: unknown.
 }

@@ -73,6 +73,39 @@ impl Subscriber for RedisSubscriber {
         self.closed.send_replace(true);
         Ok(())
     }
+
+    async fn check(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| failed(ErrorKind::Connection, "PING", e))?;
+        Ok(())
+    }
+
+    async fn lag(&self, topics: &[String], group: &str) -> Result<Vec<(String, u64)>> {
+        // XINFO GROUPS reports the lag from Redis 7.0 on; older servers (or a stream trimmed
+        // past the group) give none.
+        let mut conn = self.conn.clone();
+        let mut lags = Vec::with_capacity(topics.len());
+        for stream in topics {
+            let reply: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| failed(ErrorKind::Subscribe, "XINFO GROUPS", e))?;
+            if let Some(lag) = reply
+                .groups
+                .iter()
+                .find(|g| g.name == group)
+                .and_then(|g| g.lag)
+            {
+                lags.push((stream.clone(), lag as u64));
+            }
+        }
+        Ok(lags)
+    }
 }
 
 /// The group's position as a stream id: entries after it are new to the group.

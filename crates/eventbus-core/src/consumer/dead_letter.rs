@@ -1,8 +1,13 @@
 //! The dead-letter topic: where events go that cannot be processed, with the reason attached.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
 
-use crate::transport::{Delivery, Message};
+use super::context::{Context, DeliveryInfo};
+use super::layer::{Layer, Next, Outcome};
+use crate::transport::Message;
 
 /// Header names added to a dead-lettered message; the original headers stay as they were.
 pub mod header {
@@ -55,13 +60,12 @@ pub fn topic_for(template: &str, full_topic: &str) -> String {
 
 /// The message that goes to the dead-letter topic: the original plus reason headers.
 pub(crate) fn message(
-    delivery: &Delivery,
-    group: &str,
+    delivery: &DeliveryInfo,
     reason: Reason,
     error: &str,
     attempts: u32,
 ) -> Message {
-    let mut message = delivery.message.clone();
+    let mut message = delivery.message().clone();
     // Headers are one line and bounded: some brokers cap header sizes.
     let error: String = error
         .replace(['\n', '\r'], " ")
@@ -72,12 +76,82 @@ pub(crate) fn message(
     h.insert(header::REASON, reason.as_str());
     h.insert(header::ERROR, error);
     h.insert(header::ATTEMPTS, attempts.to_string());
-    h.insert(header::ORIGINAL_TOPIC, delivery.topic.clone());
-    h.insert(header::ORIGINAL_POSITION, delivery.position.to_string());
-    h.insert(header::GROUP, group);
+    h.insert(header::ORIGINAL_TOPIC, delivery.topic());
+    h.insert(header::ORIGINAL_POSITION, delivery.position().to_string());
+    h.insert(header::GROUP, delivery.group());
     h.insert(
         header::TIME,
         Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false),
     );
     message
+}
+
+/// Dead letters as a layer (`dead-letter`): a delivery given up by the inner stack is copied to
+/// the dead-letter topic with the reason headers, then acknowledged. When that topic cannot be
+/// written, nothing is lost: the delivery goes back to the broker after `release_delay`.
+#[derive(Debug, Clone)]
+pub struct DeadLetterLayer {
+    template: String,
+    release_delay: Duration,
+}
+
+impl DeadLetterLayer {
+    /// Dead letters to the topic `template` names (`{topic}` stands for the full source topic).
+    pub fn new(template: impl Into<String>) -> Self {
+        Self {
+            template: template.into(),
+            release_delay: Duration::from_secs(10),
+        }
+    }
+
+    /// How long the broker waits before delivering again an event whose dead-letter copy could
+    /// not be written (default 10 s).
+    #[must_use]
+    pub fn release_after(mut self, delay: Duration) -> Self {
+        self.release_delay = delay;
+        self
+    }
+}
+
+#[async_trait]
+impl Layer for DeadLetterLayer {
+    fn name(&self) -> &str {
+        "dead-letter"
+    }
+
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        let (reason, error) = match next.run(ctx).await {
+            Outcome::GiveUp { reason, error } => (reason, error),
+            other => return other,
+        };
+        let topic = topic_for(&self.template, ctx.topic());
+        let error_text = error.to_string();
+        tracing::warn!(reason = reason.as_str(), error = %error_text, topic = ctx.topic(), position = %ctx.position(), dead_letter_topic = %topic, "dead-lettering event");
+        // The receivers ran only for receiver failures; other reasons never reached them.
+        let attempts = if reason == Reason::ReceiverFailed {
+            ctx.attempt()
+        } else {
+            0
+        };
+        let message = message(ctx.delivery(), reason, &error_text, attempts);
+        match ctx
+            .consumer()
+            .producer()
+            .publish(&topic, vec![message])
+            .await
+        {
+            Ok(_) => Outcome::DeadLettered {
+                topic,
+                reason,
+                error,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, dead_letter_topic = %topic, "cannot publish to the dead-letter topic; handing the event back to the broker");
+                Outcome::Release {
+                    error: e,
+                    delay: self.release_delay,
+                }
+            }
+        }
+    }
 }

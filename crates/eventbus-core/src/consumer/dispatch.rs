@@ -1,33 +1,40 @@
-//! From a decoded message to the code that handles it: a route per event type, erased so the
-//! runner can hold routes of many types in one map.
+//! The innermost step of a consumer's stack: from a delivery to the code that handles it. Typed
+//! consumers decode and dispatch by event type through a route per type (erased, so one map holds
+//! routes of many types); raw consumers call one receiver with the delivery as it is.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 
+use super::context::{Context, DeliveryInfo};
+use super::dead_letter::Reason;
+use super::layer::{Handler, Outcome, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
 use crate::metadata::EventMetadata;
-use crate::serializer::{decode_event, Serializer};
-use crate::signal::{BoxedSource, Receiver};
+use crate::schema_registry::SchemaIds;
+use crate::serializer::decode_event;
+use crate::signal::{BoxError, Receiver};
 
 /// Decodes the payload of one event type into a ready call.
 pub(crate) trait Route: Send + Sync {
-    /// Decodes `payload`; the result runs the receivers, as often as the retry policy says.
+    /// Decodes the delivery's payload into a call of the receivers.
     fn prepare(
         &self,
-        topic: &str,
-        payload: &[u8],
+        delivery: &Arc<DeliveryInfo>,
         metadata: EventMetadata,
-        serializer: &dyn Serializer,
     ) -> Result<Box<dyn Call>>;
 }
 
 /// A decoded event bound to its receivers.
 #[async_trait]
 pub(crate) trait Call: Send + Sync {
-    async fn call(&self) -> Result<()>;
+    async fn call(&self) -> Result<(), BoxError>;
 }
 
 enum Target<E> {
@@ -60,14 +67,17 @@ impl<E: Event> EventRoute<E> {
 impl<E: Event> Route for EventRoute<E> {
     fn prepare(
         &self,
-        topic: &str,
-        payload: &[u8],
+        delivery: &Arc<DeliveryInfo>,
         metadata: EventMetadata,
-        serializer: &dyn Serializer,
     ) -> Result<Box<dyn Call>> {
-        let event = decode_event::<E>(serializer, topic, payload, Some(metadata.minor_version))?;
+        let event = decode_event::<E>(
+            delivery.serializer(),
+            delivery.topic(),
+            delivery.payload(),
+            Some(metadata.minor_version),
+        )?;
         Ok(Box::new(EventCall {
-            envelope: Envelope::new(event, metadata),
+            envelope: Envelope::new(event, metadata).with_delivery(Arc::clone(delivery)),
             target: Arc::clone(&self.target),
         }))
     }
@@ -80,16 +90,180 @@ struct EventCall<E> {
 
 #[async_trait]
 impl<E: Event> Call for EventCall<E> {
-    async fn call(&self) -> Result<()> {
+    async fn call(&self) -> Result<(), BoxError> {
         match self.target.as_ref() {
-            Target::Signal => E::signal().dispatch(self.envelope.clone()).await,
-            Target::Receiver(receiver) => {
-                receiver.receive(self.envelope.clone()).await.map_err(|e| {
-                    Error::new(ErrorKind::Receiver, "a receiver returned an error")
-                        .with("event_type", E::EVENT_TYPE)
-                        .with_source(BoxedSource(e))
-                })
+            Target::Signal => E::signal()
+                .run_receivers(self.envelope.clone())
+                .await
+                .map_err(|(_, first)| first),
+            Target::Receiver(receiver) => receiver.receive(self.envelope.clone()).await,
+        }
+    }
+}
+
+/// What to do with an event type no route handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnknownEventTypes {
+    /// Dead-letter it with reason `unknown-event-type` (the default).
+    #[default]
+    DeadLetter,
+    /// Acknowledge it without handling (a topic shared with types this consumer ignores).
+    Skip,
+}
+
+/// Typed dispatch: metadata → route → decode → receivers.
+pub(crate) struct Dispatcher {
+    pub(crate) routes: HashMap<String, Arc<dyn Route>>,
+    pub(crate) unknown: UnknownEventTypes,
+    pub(crate) schema_ids: Option<SchemaIds>,
+}
+
+impl Dispatcher {
+    /// Fetches unknown writer schemas of the payload and key; an unreachable registry is worth
+    /// a retry, an id it does not know is not.
+    async fn learn_schemas(&self, delivery: &DeliveryInfo) -> Result<(), Outcome> {
+        let Some(ids) = &self.schema_ids else {
+            return Ok(());
+        };
+        for bytes in std::iter::once(delivery.payload()).chain(delivery.key_bytes()) {
+            if let Err(e) = ids.learn(bytes).await {
+                return Err(if e.is_temporary() {
+                    Outcome::Retry {
+                        error: e,
+                        delay: None,
+                    }
+                } else {
+                    Outcome::GiveUp {
+                        reason: Reason::Undecodable,
+                        error: e,
+                    }
+                });
             }
         }
+        Ok(())
+    }
+}
+
+fn give_up(delivery: &DeliveryInfo, reason: Reason, error: Error) -> Outcome {
+    Outcome::GiveUp {
+        reason,
+        error: error
+            .with("topic", delivery.topic())
+            .with("position", delivery.position()),
+    }
+}
+
+#[async_trait]
+impl Handler for Dispatcher {
+    async fn handle(&self, ctx: &mut Context) -> Outcome {
+        let delivery = Arc::clone(ctx.delivery());
+        let metadata = match delivery.metadata() {
+            Ok(m) => m.clone(),
+            Err(_) => {
+                // The cached error is shared; parse again for one of our own.
+                let error = EventMetadata::from_headers(delivery.headers())
+                    .err()
+                    .unwrap_or_else(|| Error::new(ErrorKind::InvalidHeaders, "invalid headers"));
+                return give_up(&delivery, Reason::InvalidHeaders, error);
+            }
+        };
+        let Some(route) = self.routes.get(&metadata.event_type) else {
+            if self.unknown == UnknownEventTypes::Skip {
+                return Outcome::Skipped {
+                    reason: format!("no receiver handles {}", metadata.event_type),
+                };
+            }
+            let error = Error::new(
+                ErrorKind::UnknownEventType,
+                "no receiver or signal handles this event type in this consumer",
+            )
+            .with("event_type", &metadata.event_type);
+            return give_up(&delivery, Reason::UnknownEventType, error);
+        };
+        if let Err(outcome) = self.learn_schemas(&delivery).await {
+            return outcome;
+        }
+        let event_type = metadata.event_type.clone();
+        let call = match route.prepare(&delivery, metadata) {
+            Ok(call) => call,
+            Err(e) => return give_up(&delivery, Reason::Undecodable, e),
+        };
+        settle_call(call.call(), &delivery, Some(&event_type)).await
+    }
+}
+
+/// Runs a receiver call, turning its error or panic into an outcome.
+async fn settle_call(
+    call: impl Future<Output = Result<(), BoxError>>,
+    delivery: &DeliveryInfo,
+    event_type: Option<&str>,
+) -> Outcome {
+    let context = |e: Error| {
+        let e = e
+            .with("topic", delivery.topic())
+            .with("position", delivery.position());
+        match event_type {
+            Some(t) => e.with("event_type", t),
+            None => e,
+        }
+    };
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(())) => Outcome::Handled,
+        Ok(Err(e)) => Verdict::outcome_of(e, context),
+        Err(panic) => Outcome::Retry {
+            error: context(Error::new(
+                ErrorKind::Receiver,
+                format!("a receiver panicked: {}", panic_text(&*panic)),
+            )),
+            delay: None,
+        },
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".to_owned())
+}
+
+/// A receiver of messages that are not typed events: bytes, JSON, anything. Implemented for
+/// async closures `Fn(Arc<DeliveryInfo>) -> impl Future<Output = Result<(), impl Into<BoxError>>>`;
+/// the same verdicts and policies apply as to typed receivers.
+#[async_trait]
+pub trait RawReceiver: Send + Sync {
+    /// Handles one delivery.
+    async fn receive(&self, delivery: Arc<DeliveryInfo>) -> Result<(), BoxError>;
+}
+
+#[async_trait]
+impl<F, Fut, Er> RawReceiver for F
+where
+    F: Fn(Arc<DeliveryInfo>) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), Er>> + Send,
+    Er: Into<BoxError>,
+{
+    async fn receive(&self, delivery: Arc<DeliveryInfo>) -> Result<(), BoxError> {
+        (self)(delivery).await.map_err(Into::into)
+    }
+}
+
+/// Raw dispatch: the one receiver of a raw consumer.
+pub(crate) struct RawDispatcher {
+    pub(crate) receiver: Arc<dyn RawReceiver>,
+}
+
+#[async_trait]
+impl Handler for RawDispatcher {
+    async fn handle(&self, ctx: &mut Context) -> Outcome {
+        let delivery = Arc::clone(ctx.delivery());
+        settle_call(
+            self.receiver.receive(Arc::clone(&delivery)),
+            &delivery,
+            None,
+        )
+        .await
     }
 }

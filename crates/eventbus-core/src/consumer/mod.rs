@@ -1,11 +1,17 @@
-//! The consumer: subscribes, decodes, finds the receivers, and applies every delivery policy
-//! (ack after success, retries with backoff, dead letters, the consecutive-errors limit, bounded
-//! concurrency that keeps per-key order, graceful shutdown). Backends hold none of this.
+//! The consumer: subscribes, runs each delivery through its layer stack to the receivers, and
+//! settles it with the broker by the outcome. The delivery policies (retries with backoff, dead
+//! letters, the consecutive-errors limit, the handler timeout, tracing, metrics) are layers in a
+//! default [`ConsumerStack`]; the runner keeps bounded concurrency with per-key order and
+//! graceful shutdown. Backends hold none of this.
 
+pub(crate) mod context;
 pub mod dead_letter;
 pub(crate) mod dispatch;
+pub(crate) mod layer;
+mod limits;
 pub mod retry;
 mod runner;
+mod state;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,15 +24,24 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
+use crate::health::Health;
 use crate::producer::Producer;
 use crate::serializer::Serializer;
 use crate::signal::{registered_signals, Receiver};
+use crate::telemetry::{MetricsLayer, TracingLayer};
 use crate::transport::{StartPosition, Subscriber, Transport};
 
-use self::dispatch::{EventRoute, Route};
-pub use self::retry::RetryPolicy;
+pub use self::context::{Context, DeliveryInfo};
+pub use self::dead_letter::{DeadLetterLayer, Reason};
+use self::dispatch::{Dispatcher, EventRoute, RawDispatcher, Route};
+pub use self::dispatch::{RawReceiver, UnknownEventTypes};
+use self::layer::Handler;
+pub use self::layer::{ConsumerStack, Layer, Named, Next, Outcome, Stack, Verdict};
+pub use self::limits::{ErrorLimitLayer, TimeoutLayer};
+pub use self::retry::{RetryLayer, RetryPolicy};
+pub use self::state::ConsumerState;
 
-/// Policy knobs of the consumer runner.
+/// Policy knobs of the consumer runner and its default layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerSettings {
@@ -40,6 +55,14 @@ pub struct ConsumerSettings {
     pub shutdown_timeout: Duration,
     /// Dead-letter topic template; `{topic}` stands for the full source topic.
     pub dead_letter_topic: String,
+    /// Longest time one attempt of the receivers may take; a slower one counts as failed and is
+    /// retried (`None`: no limit).
+    pub handler_timeout: Option<Duration>,
+    /// What happens to event types no receiver handles.
+    pub unknown_event_types: UnknownEventTypes,
+    /// How often the group's lag is read from the broker for the `eventbus_consumer_lag` gauge
+    /// (`None`: never).
+    pub lag_interval: Option<Duration>,
 }
 
 impl Default for ConsumerSettings {
@@ -50,25 +73,56 @@ impl Default for ConsumerSettings {
             concurrency: 8,
             shutdown_timeout: Duration::from_secs(30),
             dead_letter_topic: "{topic}.dlq".to_owned(),
+            handler_timeout: None,
+            unknown_event_types: UnknownEventTypes::DeadLetter,
+            lag_interval: Some(Duration::from_secs(15)),
         }
     }
 }
 
-/// A consumer being configured. Build it with [`crate::Bus::consumer`], add receivers, then
-/// [`run`](Consumer::run) it or [`start`](Consumer::start) it in the background.
+impl ConsumerStack {
+    /// The default consumer stack for `settings`, outermost first: `tracing`, `metrics`,
+    /// `error-limit`, `dead-letter`, `retry`, `timeout`.
+    pub fn defaults(settings: &ConsumerSettings) -> Self {
+        let mut stack = ConsumerStack::new();
+        stack
+            .push(Arc::new(TracingLayer::new()))
+            .push(Arc::new(MetricsLayer::new()))
+            .push(Arc::new(ErrorLimitLayer::new()))
+            .push(Arc::new(
+                DeadLetterLayer::new(settings.dead_letter_topic.clone())
+                    .release_after(settings.retry.cap),
+            ))
+            .push(Arc::new(RetryLayer::new(settings.retry)))
+            .push(Arc::new(TimeoutLayer::new(settings.handler_timeout)));
+        stack
+    }
+}
+
+type StackEdit = Box<dyn FnOnce(&mut ConsumerStack) -> Result<()> + Send>;
+
+/// A consumer being configured. Build it with [`crate::Bus::consumer`], add receivers (or one
+/// raw receiver) and layers, then [`run`](Consumer::run) it or [`start`](Consumer::start) it in
+/// the background.
 pub struct Consumer {
-    pub(crate) subscriber: Arc<dyn Subscriber>,
-    pub(crate) producer: Producer,
-    pub(crate) serializer: Arc<dyn Serializer>,
-    pub(crate) topics: Vec<String>,
-    pub(crate) group: String,
-    pub(crate) name: String,
+    subscriber: Arc<dyn Subscriber>,
+    backend: &'static str,
+    health: Health,
+    producer: Producer,
+    serializer: Arc<dyn Serializer>,
+    topics: Vec<String>,
+    group: String,
+    name: String,
     /// Whether `name` was chosen by the application (stable across restarts).
-    pub(crate) named: bool,
-    pub(crate) pending_per_member: bool,
-    pub(crate) start: Option<StartPosition>,
-    pub(crate) routes: HashMap<String, Arc<dyn Route>>,
-    pub(crate) settings: ConsumerSettings,
+    named: bool,
+    pending_per_member: bool,
+    start: Option<StartPosition>,
+    routes: HashMap<String, Arc<dyn Route>>,
+    raw: Option<Arc<dyn RawReceiver>>,
+    /// Event types given a route twice: an error at start.
+    duplicates: Vec<String>,
+    edits: Vec<StackEdit>,
+    settings: ConsumerSettings,
 }
 
 impl fmt::Debug for Consumer {
@@ -81,14 +135,30 @@ impl fmt::Debug for Consumer {
             .field("name", &self.name)
             .field("start", &self.start)
             .field("event_types", &types)
+            .field("raw", &self.raw.is_some())
+            .field("layer_edits", &self.edits.len())
             .field("settings", &self.settings)
             .finish()
     }
 }
 
+/// A consumer taken apart for the runner.
+pub(crate) struct Parts {
+    pub(crate) subscriber: Arc<dyn Subscriber>,
+    pub(crate) health: Health,
+    pub(crate) serializer: Arc<dyn Serializer>,
+    pub(crate) state: Arc<ConsumerState>,
+    pub(crate) layers: Arc<[Arc<dyn Layer>]>,
+    pub(crate) layer_names: Vec<String>,
+    pub(crate) handler: Box<dyn Handler>,
+    pub(crate) start: Option<StartPosition>,
+    pub(crate) settings: ConsumerSettings,
+}
+
 impl Consumer {
     pub(crate) fn new(
         transport: &Transport,
+        health: Health,
         producer: Producer,
         serializer: Arc<dyn Serializer>,
         topic: &str,
@@ -97,6 +167,8 @@ impl Consumer {
     ) -> Self {
         Self {
             subscriber: Arc::clone(&transport.subscriber),
+            backend: transport.backend,
+            health,
             pending_per_member: transport.guarantees.pending_per_member,
             named: false,
             producer,
@@ -110,6 +182,9 @@ impl Consumer {
             ),
             start: None,
             routes: HashMap::new(),
+            raw: None,
+            duplicates: Vec::new(),
+            edits: Vec::new(),
             settings,
         }
     }
@@ -153,22 +228,60 @@ impl Consumer {
         self
     }
 
-    /// Handles events of type `E` with `receiver` (instead of `E`'s signal).
+    /// Adds `layer` innermost, inside the default policies: it runs once per attempt, just
+    /// before the receivers. See [`Consumer::layers`] to place it elsewhere.
+    #[must_use]
+    pub fn layer(self, layer: impl Layer + 'static) -> Self {
+        let layer: Arc<dyn Layer> = Arc::new(layer);
+        self.layers(move |stack| {
+            stack.push(layer);
+            Ok(())
+        })
+    }
+
+    /// Edits the layer stack: reorder, replace, remove or insert layers by name. Edits apply in
+    /// order to [`ConsumerStack::defaults`] of the final settings when the consumer starts; an
+    /// edit's error (a name not in the stack) is returned by `start`/`run`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use eventbus_core::consumer::{ConsumerStack, TimeoutLayer};
+    /// # fn demo(consumer: eventbus_core::Consumer) -> eventbus_core::Consumer {
+    /// consumer.layers(|stack: &mut ConsumerStack| {
+    ///     stack.remove("metrics");
+    ///     stack.replace("timeout", Arc::new(TimeoutLayer::new(Some(std::time::Duration::from_secs(2)))))?;
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn layers(
+        mut self,
+        edit: impl FnOnce(&mut ConsumerStack) -> Result<()> + Send + 'static,
+    ) -> Self {
+        self.edits.push(Box::new(edit));
+        self
+    }
+
+    fn route(&mut self, event_type: &str, route: Arc<dyn Route>) {
+        if self.routes.insert(event_type.to_owned(), route).is_some() {
+            self.duplicates.push(event_type.to_owned());
+        }
+    }
+
+    /// Handles events of type `E` with `receiver` (instead of `E`'s signal). One route per
+    /// type: a second `handle` or `signal` for the same type makes `start`/`run` fail.
     #[must_use]
     pub fn handle<E: Event>(mut self, receiver: impl Receiver<E> + 'static) -> Self {
         let route = EventRoute::<E>::to_receiver(Arc::new(receiver));
-        self.routes
-            .insert(E::EVENT_TYPE.to_owned(), Arc::new(route));
+        self.route(E::EVENT_TYPE, Arc::new(route));
         self
     }
 
     /// Dispatches events of type `E` to the receivers connected to `E::signal()`.
     #[must_use]
     pub fn signal<E: Event>(mut self) -> Self {
-        self.routes.insert(
-            E::EVENT_TYPE.to_owned(),
-            Arc::new(EventRoute::<E>::to_signal()),
-        );
+        self.route(E::EVENT_TYPE, Arc::new(EventRoute::<E>::to_signal()));
         self
     }
 
@@ -184,6 +297,18 @@ impl Consumer {
         self
     }
 
+    /// Makes this a raw consumer: every message goes to `receiver` as it arrived (bytes,
+    /// JSON, anything), with the same layers and policies as typed events. A raw consumer has no
+    /// typed routes.
+    #[must_use]
+    pub fn handle_raw(mut self, receiver: impl RawReceiver + 'static) -> Self {
+        if self.raw.is_some() {
+            self.duplicates.push("raw receiver".to_owned());
+        }
+        self.raw = Some(Arc::new(receiver));
+        self
+    }
+
     /// Runs until the subscription ends or too many consecutive errors stop it.
     pub async fn run(self) -> Result<()> {
         self.run_until(std::future::pending()).await
@@ -191,7 +316,7 @@ impl Consumer {
 
     /// Runs until `shutdown` completes, then drains in-flight events within the shutdown timeout.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-        let subscribed = runner::subscribe(self.with_default_routes()).await?;
+        let subscribed = runner::subscribe(self).await?;
         runner::run(subscribed, shutdown).await
     }
 
@@ -206,7 +331,8 @@ impl Consumer {
                 "this consumer has no stable name: after a restart its unacknowledged deliveries wait for the claim idle time (EVENT_BUS_REDIS_CLAIM_IDLE_MS) before another member takes them; name it with Consumer::name"
             );
         }
-        let subscribed = runner::subscribe(self.with_default_routes()).await?;
+        let subscribed = runner::subscribe(self).await?;
+        let state = Arc::clone(subscribed.state());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(runner::run(subscribed, async move {
             let _ = rx.await;
@@ -214,15 +340,72 @@ impl Consumer {
         Ok(ConsumerHandle {
             stop: Some(tx),
             task: Some(task),
+            state,
         })
     }
 
-    fn with_default_routes(self) -> Self {
-        if self.routes.is_empty() {
-            self.all_signals()
-        } else {
-            self
+    /// Checks the configuration and builds what the runner needs.
+    pub(crate) fn into_parts(self) -> Result<Parts> {
+        if let Some(event_type) = self.duplicates.first() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a consumer has one route per event type, but this type was given two (handle or signal called twice); keep one",
+            )
+            .with("event_type", event_type)
+            .with("group", &self.group));
         }
+        let handler: Box<dyn Handler> = match self.raw {
+            Some(_) if !self.routes.is_empty() => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "a raw consumer takes every message, so it cannot also have typed routes; use two consumers",
+                )
+                .with("group", &self.group));
+            }
+            Some(receiver) => Box::new(RawDispatcher { receiver }),
+            None => {
+                let mut routes = self.routes;
+                if routes.is_empty() {
+                    for entry in registered_signals() {
+                        routes.insert(entry.event_type.to_owned(), entry.route());
+                    }
+                }
+                Box::new(Dispatcher {
+                    routes,
+                    unknown: self.settings.unknown_event_types,
+                    schema_ids: self.producer.schema_ids().cloned(),
+                })
+            }
+        };
+        let mut stack = ConsumerStack::defaults(&self.settings);
+        for edit in self.edits {
+            edit(&mut stack).map_err(|e| e.with("group", &self.group))?;
+        }
+        let layer_names = stack.names().into_iter().map(str::to_owned).collect();
+        let topics = self
+            .topics
+            .iter()
+            .map(|t| self.producer.settings().full_topic(t))
+            .collect();
+        let state = Arc::new(ConsumerState::new(
+            &self.group,
+            &self.name,
+            topics,
+            self.backend,
+            self.producer,
+            self.settings.consecutive_error_limit,
+        ));
+        Ok(Parts {
+            subscriber: self.subscriber,
+            health: self.health,
+            serializer: self.serializer,
+            state,
+            layers: stack.into_layers(),
+            layer_names,
+            handler,
+            start: self.start,
+            settings: self.settings,
+        })
     }
 }
 
@@ -233,9 +416,15 @@ impl Consumer {
 pub struct ConsumerHandle {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
+    state: Arc<ConsumerState>,
 }
 
 impl ConsumerHandle {
+    /// The running consumer's state: group, name, in-flight count, readiness.
+    pub fn state(&self) -> &Arc<ConsumerState> {
+        &self.state
+    }
+
     /// Whether the consumer has stopped (on its own, by error, or by shutdown).
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)

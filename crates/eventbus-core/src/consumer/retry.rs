@@ -2,6 +2,13 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
+
+use super::dead_letter::Reason;
+use super::layer::{Layer, Next, Outcome};
+use super::Context;
+use crate::error::{Error, ErrorKind};
+
 /// Exponential backoff: attempt `n` failing waits `base × 2^(n-1)`, at most `cap`, before
 /// attempt `n + 1`; after `max_attempts` the event goes to the dead-letter topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +43,74 @@ impl RetryPolicy {
     /// Whether another attempt follows failed attempt `attempt`.
     pub fn retries_after(&self, attempt: u32) -> bool {
         attempt < self.max_attempts.max(1)
+    }
+}
+
+/// The retry policy as a layer (`retry`): runs the inner stack again while it asks for a retry
+/// and attempts remain, waiting the asked-for delay or the backoff; after the last attempt the
+/// delivery is given up (dead-lettered by the layer outside). Attempts count from the broker's
+/// own delivery count, so an event redelivered after its consumer died has used some already.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryLayer {
+    policy: RetryPolicy,
+}
+
+impl RetryLayer {
+    /// A retry layer with `policy`.
+    pub const fn new(policy: RetryPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+#[async_trait]
+impl Layer for RetryLayer {
+    fn name(&self) -> &str {
+        "retry"
+    }
+
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        if ctx.attempt() > self.policy.max_attempts.max(1) {
+            // Delivered more often than allowed without an ack: do not run it again.
+            let error = Error::new(
+                ErrorKind::Receiver,
+                "the event was delivered more often than the retry policy allows without being acknowledged; a consumer may have died while handling it",
+            )
+            .with("deliveries", ctx.attempt())
+            .with("topic", ctx.topic());
+            return Outcome::GiveUp {
+                reason: Reason::ReceiverFailed,
+                error,
+            };
+        }
+        loop {
+            match next.run(ctx).await {
+                Outcome::Retry { error, delay } if self.policy.retries_after(ctx.attempt()) => {
+                    let wait = delay.unwrap_or_else(|| self.policy.delay(ctx.attempt()));
+                    let (id, event_type) = match ctx.metadata() {
+                        Ok(m) => (m.id.to_string(), m.event_type.as_str()),
+                        Err(_) => (String::new(), ""),
+                    };
+                    tracing::warn!(
+                        event_id = %id,
+                        event_type,
+                        topic = ctx.topic(),
+                        attempt = ctx.attempt(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        %error,
+                        "handling failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    ctx.set_attempt(ctx.attempt() + 1);
+                }
+                Outcome::Retry { error, .. } => {
+                    return Outcome::GiveUp {
+                        reason: Reason::ReceiverFailed,
+                        error,
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use rdkafka::consumer::Consumer;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{base_config, default, describe, failed, Topics};
+use crate::probe::Probe;
 use crate::KafkaSettings;
 use group::GroupContext;
 use worker::{KafkaConsumer, Worker};
@@ -29,12 +30,14 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct KafkaSubscriber {
     settings: Arc<KafkaSettings>,
     topics: Arc<Topics>,
+    probe: Probe,
     closed: watch::Sender<bool>,
 }
 
 impl KafkaSubscriber {
     pub(crate) fn new(settings: Arc<KafkaSettings>, topics: Arc<Topics>) -> Self {
         Self {
+            probe: Probe::new(Arc::clone(&settings)),
             settings,
             topics,
             closed: watch::Sender::new(false),
@@ -115,6 +118,14 @@ impl Subscriber for KafkaSubscriber {
     async fn close(&self) -> Result<()> {
         self.closed.send_replace(true);
         Ok(())
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.probe.check().await
+    }
+
+    async fn lag(&self, topics: &[String], group: &str) -> Result<Vec<(String, u64)>> {
+        self.probe.lag(topics, group).await
     }
 }
 

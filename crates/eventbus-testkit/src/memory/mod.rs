@@ -174,6 +174,14 @@ impl Subscriber for MemorySubscriber {
         self.closed.close();
         Ok(())
     }
+
+    async fn check(&self) -> Result<()> {
+        // The broker lives in this process: it answers while the subscriber is open.
+        if self.closed.is_closed() {
+            return Err(closed_error("memory subscriber"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,9 @@
-//! The producer: typed events in, messages with Open edX headers out.
+//! The producer: typed events in, messages with Open edX headers out, through a stack of
+//! [`PublishLayer`]s to the backend.
+
+mod layer;
+
+pub use self::layer::{Outgoing, ProducerStack, PublishLayer, PublishNext};
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,7 +15,7 @@ use crate::event::{Envelope, Event};
 use crate::metadata::{source_for_service, EventMetadata};
 use crate::schema_registry::SchemaIds;
 use crate::serializer::{encode_event, KeyContext, Serializer};
-use crate::transport::{Message, Position, Publisher};
+use crate::transport::{Headers, Message, Position, Publisher};
 
 /// Who is producing, and where topics live.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,13 +55,46 @@ impl ProducerSettings {
     }
 }
 
-/// Publishes typed events. Cheap to clone; all clones share one backend publisher.
+/// Publishes typed events (and raw messages). Cheap to clone; all clones share one backend
+/// publisher.
 #[derive(Clone)]
 pub struct Producer {
     publisher: Arc<dyn Publisher>,
     serializer: Arc<dyn Serializer>,
     settings: Arc<ProducerSettings>,
     schema_ids: Option<SchemaIds>,
+    layers: Arc<[Arc<dyn PublishLayer>]>,
+    backend: &'static str,
+}
+
+/// What [`Producer::send_with`] adds to an event: a key of the caller's choice and headers.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    key: Option<String>,
+    headers: Headers,
+}
+
+impl SendOptions {
+    /// No key override, no extra headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keys the event with `key` instead of its key field (partitioning and per-key order
+    /// follow it).
+    #[must_use]
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header. CloudEvents attribute names (`ce_*`, `content-type`, `sourcehost`,
+    /// `sourcelib`) are the producer's own; `send_with` refuses them.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.headers.append(name, value);
+        self
+    }
 }
 
 impl fmt::Debug for Producer {
@@ -65,6 +103,7 @@ impl fmt::Debug for Producer {
             .field("publisher", &self.publisher)
             .field("serializer", &self.serializer.name())
             .field("settings", &self.settings)
+            .field("layers", &self.layer_names())
             .finish()
     }
 }
@@ -81,7 +120,43 @@ impl Producer {
             serializer,
             settings: Arc::new(settings),
             schema_ids: None,
+            layers: ProducerStack::defaults().into_layers(),
+            backend: "unknown",
         }
+    }
+
+    /// Names the backend (the `messaging.system` of spans).
+    #[must_use]
+    pub fn with_backend(mut self, backend: &'static str) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Adds `layer` innermost, just before the backend: it sees every outgoing batch, dead
+    /// letters included.
+    #[must_use]
+    pub fn layer(mut self, layer: impl PublishLayer + 'static) -> Self {
+        let mut layers = self.layers.to_vec();
+        layers.push(Arc::new(layer));
+        self.layers = layers.into();
+        self
+    }
+
+    /// Edits the layer stack: reorder, replace, remove or insert layers by name; fails when an
+    /// edit names a layer that is not in the stack.
+    pub fn layers(mut self, edit: impl FnOnce(&mut ProducerStack) -> Result<()>) -> Result<Self> {
+        let mut stack = ProducerStack::new();
+        for layer in self.layers.iter() {
+            stack.push(Arc::clone(layer));
+        }
+        edit(&mut stack)?;
+        self.layers = stack.into_layers();
+        Ok(self)
+    }
+
+    /// The layer names, outermost first.
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.layers.iter().map(|l| l.name()).collect()
     }
 
     /// Registers each event type's schema through `ids` before its first send to a topic (the
@@ -204,6 +279,54 @@ impl Producer {
         single(self.publish(&full, vec![message]).await?, &full)
     }
 
+    /// Publishes one event to `topic` with a key and headers of the caller's choice.
+    pub async fn send_with<E: Event>(
+        &self,
+        topic: &str,
+        event: &E,
+        options: SendOptions,
+    ) -> Result<Position> {
+        let full = self.settings.full_topic(topic);
+        if let Some((name, _)) = options
+            .headers
+            .iter()
+            .find(|(name, _)| crate::metadata::header::is_reserved(name))
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "this header carries a CloudEvents attribute the producer writes itself; choose another name",
+            )
+            .with("header", name)
+            .with("topic", &full));
+        }
+        self.register::<E>(&full, E::KEY_FIELD).await?;
+        let key = options.key.or_else(|| event.key());
+        let metadata = self.metadata::<E>();
+        let mut message =
+            self.encode_keyed(&full, event, &metadata, key.as_deref(), E::KEY_FIELD)?;
+        for (name, value) in options.headers.iter() {
+            message.headers.append(name, value);
+        }
+        single(self.publish(&full, vec![message]).await?, &full)
+    }
+
+    /// Publishes a message that is not a typed event (bytes, JSON) to `topic`, with the topic
+    /// prefix applied as `send` does; the message goes out as it is, through the layers.
+    pub async fn send_raw(&self, topic: &str, message: Message) -> Result<Position> {
+        let full = self.settings.full_topic(topic);
+        single(self.publish(&full, vec![message]).await?, &full)
+    }
+
+    /// Publishes several raw messages to `topic` (prefix applied) in one batch, in order.
+    pub async fn send_raw_batch(
+        &self,
+        topic: &str,
+        messages: Vec<Message>,
+    ) -> Result<Vec<Position>> {
+        let full = self.settings.full_topic(topic);
+        self.publish(&full, messages).await
+    }
+
     /// Publishes an event that already has metadata (from a signal) with an explicit key: the
     /// text of the value at `key_field`, or of the event type's own key field when `None`.
     pub async fn send_envelope<E: Event>(
@@ -233,10 +356,15 @@ impl Producer {
         self.publish(&full, messages).await
     }
 
-    /// Publishes ready messages to a full topic name, as they are.
+    /// Publishes ready messages to a full topic name (no prefix added), through the layers.
     pub async fn publish(&self, full_topic: &str, messages: Vec<Message>) -> Result<Vec<Position>> {
-        self.publisher
-            .publish(full_topic, messages)
+        let mut out = Outgoing {
+            topic: full_topic.to_owned(),
+            messages,
+            backend: self.backend,
+        };
+        PublishNext::new(&self.layers, self.publisher.as_ref())
+            .run(&mut out)
             .await
             .map_err(|e| e.with("topic", full_topic))
     }

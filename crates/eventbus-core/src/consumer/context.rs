@@ -1,0 +1,211 @@
+//! What a layer or a receiver can know about one delivery, and about the consumer handling it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+
+use super::state::ConsumerState;
+use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::EventMetadata;
+use crate::serializer::Serializer;
+use crate::transport::{Delivery, Headers, Message, Position};
+
+/// One delivery as layers and receivers see it: topic, key, headers, payload, position, attempt
+/// and publish time. Typed receivers reach it through [`Envelope::delivery`](crate::Envelope::delivery),
+/// raw receivers get it as their argument.
+pub struct DeliveryInfo {
+    topic: String,
+    message: Message,
+    position: Position,
+    attempt: AtomicU32,
+    published_at: Option<DateTime<Utc>>,
+    group: Arc<str>,
+    serializer: Arc<dyn Serializer>,
+    // Parsed on first use, once, whoever asks first (a layer or the dispatcher).
+    metadata: OnceLock<Result<EventMetadata>>,
+    key_text: OnceLock<Option<String>>,
+}
+
+impl DeliveryInfo {
+    /// Takes the message out of `delivery`, which keeps only what settling it needs.
+    pub(crate) fn take(
+        delivery: &mut Delivery,
+        group: Arc<str>,
+        serializer: Arc<dyn Serializer>,
+    ) -> Self {
+        Self {
+            topic: std::mem::take(&mut delivery.topic),
+            message: std::mem::take(&mut delivery.message),
+            position: delivery.position.clone(),
+            attempt: AtomicU32::new(delivery.attempt.max(1)),
+            published_at: delivery.published_at,
+            group,
+            serializer,
+            metadata: OnceLock::new(),
+            key_text: OnceLock::new(),
+        }
+    }
+
+    /// The full topic it was read from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The message as it arrived (as layers left it).
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// The payload decoded as JSON (for raw consumers of JSON messages).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.message.payload).map_err(|e| {
+            Error::new(
+                ErrorKind::Deserialize,
+                "the payload is not the JSON expected",
+            )
+            .with("topic", &self.topic)
+            .with("position", &self.position)
+            .with_source(e)
+        })
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.message.headers
+    }
+
+    /// The key as its bytes arrived.
+    pub fn key_bytes(&self) -> Option<&Bytes> {
+        self.message.key.as_ref()
+    }
+
+    /// The key as text: decoded by the wire format (Confluent-framed Avro on Kafka) or read as
+    /// UTF-8; `None` without a key or when it cannot be read as text.
+    pub fn key(&self) -> Option<&str> {
+        self.key_text
+            .get_or_init(|| {
+                let key = self.message.key.as_ref()?;
+                self.serializer.decode_key(key).ok()
+            })
+            .as_deref()
+    }
+
+    /// Its place in the topic.
+    pub fn position(&self) -> &Position {
+        &self.position
+    }
+
+    /// The attempt being made: 1 on first delivery, higher on broker redelivery and on each
+    /// in-process retry.
+    pub fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+
+    /// When the broker stored the message, where the backend knows.
+    pub fn published_at(&self) -> Option<DateTime<Utc>> {
+        self.published_at
+    }
+
+    /// The consumer group handling it.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The CloudEvents metadata from the headers, parsed once.
+    pub fn metadata(&self) -> std::result::Result<&EventMetadata, &Error> {
+        self.metadata
+            .get_or_init(|| EventMetadata::from_headers(&self.message.headers))
+            .as_ref()
+    }
+
+    /// The serializer of the consumer's bus.
+    pub(crate) fn serializer(&self) -> &dyn Serializer {
+        self.serializer.as_ref()
+    }
+}
+
+impl Clone for DeliveryInfo {
+    fn clone(&self) -> Self {
+        Self {
+            topic: self.topic.clone(),
+            message: self.message.clone(),
+            position: self.position.clone(),
+            attempt: AtomicU32::new(self.attempt()),
+            published_at: self.published_at,
+            group: Arc::clone(&self.group),
+            serializer: Arc::clone(&self.serializer),
+            metadata: OnceLock::new(),
+            key_text: OnceLock::new(),
+        }
+    }
+}
+
+impl fmt::Debug for DeliveryInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryInfo")
+            .field("topic", &self.topic)
+            .field("position", &self.position)
+            .field("attempt", &self.attempt())
+            .field("group", &self.group)
+            .field("key", &self.message.key)
+            .field("headers", &self.message.headers)
+            .field("payload_len", &self.message.payload.len())
+            .finish()
+    }
+}
+
+/// The argument of every consumer [`Layer`](super::Layer): the delivery being handled and the
+/// consumer handling it. Reads through to [`DeliveryInfo`].
+#[derive(Debug)]
+pub struct Context {
+    info: Arc<DeliveryInfo>,
+    consumer: Arc<ConsumerState>,
+}
+
+impl Context {
+    pub(crate) fn new(info: DeliveryInfo, consumer: Arc<ConsumerState>) -> Self {
+        Self {
+            info: Arc::new(info),
+            consumer,
+        }
+    }
+
+    /// The delivery, shareable (what a typed receiver's envelope and a raw receiver get).
+    pub fn delivery(&self) -> &Arc<DeliveryInfo> {
+        &self.info
+    }
+
+    /// The consumer handling it: group, name, topics, producer.
+    pub fn consumer(&self) -> &ConsumerState {
+        &self.consumer
+    }
+
+    /// The headers, to change before inner layers and the receiver see them.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        let info = Arc::make_mut(&mut self.info);
+        // Headers may change what the metadata says; parse again when asked.
+        info.metadata = OnceLock::new();
+        &mut info.message.headers
+    }
+
+    /// Sets the attempt number (the retry layer counts attempts with it).
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.info.attempt.store(attempt, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Context {
+    type Target = DeliveryInfo;
+    fn deref(&self) -> &DeliveryInfo {
+        &self.info
+    }
+}

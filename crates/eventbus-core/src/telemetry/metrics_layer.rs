@@ -1,0 +1,258 @@
+//! Counters, gauges and histograms through the `metrics` facade: nothing is recorded until the
+//! application installs a recorder (the facade's `telemetry` feature installs a Prometheus one).
+//! Install it before the first event: handles are looked up once per topic and kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+
+use crate::consumer::{Context, Layer, Next, Outcome};
+use crate::error::Result;
+use crate::producer::{Outgoing, PublishLayer, PublishNext};
+use crate::transport::Position;
+
+/// The metric names, in Prometheus form.
+pub mod name {
+    /// Counter: messages the broker confirmed (`topic`).
+    pub const PUBLISHED: &str = "eventbus_published_total";
+    /// Counter: messages whose publish failed (`topic`).
+    pub const PUBLISH_ERRORS: &str = "eventbus_publish_errors_total";
+    /// Histogram: seconds per published batch (`topic`).
+    pub const PUBLISH_DURATION: &str = "eventbus_publish_duration_seconds";
+    /// Counter: deliveries received (`topic`, `group`).
+    pub const CONSUMED: &str = "eventbus_consumed_total";
+    /// Counter: deliveries handled (`topic`, `group`).
+    pub const HANDLED: &str = "eventbus_handled_total";
+    /// Counter: extra attempts made in-process (`topic`, `group`).
+    pub const RETRIED: &str = "eventbus_retried_total";
+    /// Counter: deliveries copied to the dead-letter topic (`topic`, `group`, `reason`).
+    pub const DEAD_LETTERED: &str = "eventbus_dead_lettered_total";
+    /// Counter: deliveries acknowledged without handling (`topic`, `group`).
+    pub const SKIPPED: &str = "eventbus_skipped_total";
+    /// Counter: deliveries handed back to the broker (`topic`, `group`).
+    pub const RELEASED: &str = "eventbus_released_total";
+    /// Histogram: seconds from receipt to outcome, retries included (`topic`, `group`).
+    pub const HANDLER_DURATION: &str = "eventbus_handler_duration_seconds";
+    /// Histogram: seconds from the event's `ce_time` to handled (`topic`, `group`).
+    pub const END_TO_END: &str = "eventbus_end_to_end_latency_seconds";
+    /// Gauge: deliveries being handled (`topic`, `group`).
+    pub const IN_FLIGHT: &str = "eventbus_in_flight";
+    /// Gauge: messages the group has not received yet, where the backend tells (`topic`,
+    /// `group`).
+    pub const CONSUMER_LAG: &str = "eventbus_consumer_lag";
+}
+
+/// Describes every metric to the installed recorder (units and help text).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(name::PUBLISHED, "Messages the broker confirmed.");
+    describe_counter!(name::PUBLISH_ERRORS, "Messages whose publish failed.");
+    describe_histogram!(
+        name::PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time per published batch."
+    );
+    describe_counter!(name::CONSUMED, "Deliveries received.");
+    describe_counter!(name::HANDLED, "Deliveries handled by receivers.");
+    describe_counter!(name::RETRIED, "Extra attempts made in-process.");
+    describe_counter!(
+        name::DEAD_LETTERED,
+        "Deliveries copied to the dead-letter topic."
+    );
+    describe_counter!(name::SKIPPED, "Deliveries acknowledged without handling.");
+    describe_counter!(name::RELEASED, "Deliveries handed back to the broker.");
+    describe_histogram!(
+        name::HANDLER_DURATION,
+        Unit::Seconds,
+        "Time from receipt to outcome, retries included."
+    );
+    describe_histogram!(
+        name::END_TO_END,
+        Unit::Seconds,
+        "Time from the event's ce_time to handled."
+    );
+    describe_gauge!(name::IN_FLIGHT, "Deliveries being handled.");
+    describe_gauge!(
+        name::CONSUMER_LAG,
+        "Messages the group has not received yet."
+    );
+}
+
+/// Sets the lag gauge of `group` on `topic`.
+pub fn record_lag(topic: &str, group: &str, lag: u64) {
+    gauge!(name::CONSUMER_LAG, "topic" => topic.to_owned(), "group" => group.to_owned())
+        .set(lag as f64);
+}
+
+struct ConsumerHandles {
+    group: String,
+    consumed: Counter,
+    handled: Counter,
+    retried: Counter,
+    skipped: Counter,
+    released: Counter,
+    duration: Histogram,
+    end_to_end: Histogram,
+    in_flight: Gauge,
+}
+
+impl ConsumerHandles {
+    fn new(topic: &str, group: &str) -> Self {
+        let labels = [("topic", topic.to_owned()), ("group", group.to_owned())];
+        Self {
+            group: group.to_owned(),
+            consumed: counter!(name::CONSUMED, &labels),
+            handled: counter!(name::HANDLED, &labels),
+            retried: counter!(name::RETRIED, &labels),
+            skipped: counter!(name::SKIPPED, &labels),
+            released: counter!(name::RELEASED, &labels),
+            duration: histogram!(name::HANDLER_DURATION, &labels),
+            end_to_end: histogram!(name::END_TO_END, &labels),
+            in_flight: gauge!(name::IN_FLIGHT, &labels),
+        }
+    }
+}
+
+/// Consumer metrics (`metrics`): consumed, handled, retried, dead-lettered (by reason),
+/// skipped, released, handler duration, end-to-end latency and in-flight, labelled by topic and
+/// group.
+#[derive(Default)]
+pub struct MetricsLayer {
+    handles: RwLock<HashMap<String, Arc<ConsumerHandles>>>,
+}
+
+impl MetricsLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn handles(&self, topic: &str, group: &str) -> Arc<ConsumerHandles> {
+        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(topic).cloned()) {
+            if h.group == group {
+                return h;
+            }
+            // One layer shared by consumers of different groups: no caching for the others.
+            return Arc::new(ConsumerHandles::new(topic, group));
+        }
+        let h = Arc::new(ConsumerHandles::new(topic, group));
+        if let Ok(mut map) = self.handles.write() {
+            map.insert(topic.to_owned(), Arc::clone(&h));
+        }
+        h
+    }
+}
+
+impl std::fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsLayer").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Layer for MetricsLayer {
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        let h = self.handles(ctx.topic(), ctx.group());
+        h.consumed.increment(1);
+        h.in_flight.increment(1.0);
+        let started = Instant::now();
+        let first_attempt = ctx.attempt();
+        let outcome = next.run(ctx).await;
+        h.in_flight.decrement(1.0);
+        h.duration.record(started.elapsed().as_secs_f64());
+        let retries = ctx.attempt().saturating_sub(first_attempt);
+        if retries > 0 {
+            h.retried.increment(u64::from(retries));
+        }
+        match &outcome {
+            Outcome::Handled => {
+                h.handled.increment(1);
+                if let Ok(m) = ctx.metadata() {
+                    let age = chrono::Utc::now() - m.time;
+                    if let Ok(age) = age.to_std() {
+                        h.end_to_end.record(age.as_secs_f64());
+                    }
+                }
+            }
+            Outcome::Skipped { .. } => h.skipped.increment(1),
+            Outcome::DeadLettered { reason, .. } => counter!(
+                name::DEAD_LETTERED,
+                "topic" => ctx.topic().to_owned(),
+                "group" => ctx.group().to_owned(),
+                "reason" => reason.as_str()
+            )
+            .increment(1),
+            _ => h.released.increment(1),
+        }
+        outcome
+    }
+}
+
+struct PublishHandles {
+    published: Counter,
+    errors: Counter,
+    duration: Histogram,
+}
+
+/// Producer metrics (`metrics`): published, publish errors and publish duration by topic.
+#[derive(Default)]
+pub struct PublishMetricsLayer {
+    handles: RwLock<HashMap<String, Arc<PublishHandles>>>,
+}
+
+impl PublishMetricsLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn handles(&self, topic: &str) -> Arc<PublishHandles> {
+        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(topic).cloned()) {
+            return h;
+        }
+        let labels = [("topic", topic.to_owned())];
+        let h = Arc::new(PublishHandles {
+            published: counter!(name::PUBLISHED, &labels),
+            errors: counter!(name::PUBLISH_ERRORS, &labels),
+            duration: histogram!(name::PUBLISH_DURATION, &labels),
+        });
+        if let Ok(mut map) = self.handles.write() {
+            map.insert(topic.to_owned(), Arc::clone(&h));
+        }
+        h
+    }
+}
+
+impl std::fmt::Debug for PublishMetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishMetricsLayer")
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl PublishLayer for PublishMetricsLayer {
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
+        let h = self.handles(&out.topic);
+        let count = out.messages.len() as u64;
+        let started = Instant::now();
+        let result = next.run(out).await;
+        h.duration.record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => h.published.increment(count),
+            Err(_) => h.errors.increment(count),
+        }
+        result
+    }
+}

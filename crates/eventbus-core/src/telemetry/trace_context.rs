@@ -1,0 +1,263 @@
+//! W3C Trace Context (`traceparent`, `tracestate`): parsed from and written to message headers,
+//! and the context of the delivery being handled, so that a publish from inside a receiver
+//! continues the consumer's trace.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+
+use crate::transport::Headers;
+
+/// The `traceparent` header name.
+pub const TRACEPARENT: &str = "traceparent";
+/// The `tracestate` header name.
+pub const TRACESTATE: &str = "tracestate";
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// One span's place in a distributed trace, as W3C Trace Context carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    state: Option<String>,
+}
+
+impl TraceContext {
+    /// A new trace (sampled), with a new span id.
+    pub fn new_root() -> Self {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&nonzero_random().to_be_bytes());
+        trace_id[8..].copy_from_slice(&nonzero_random().to_be_bytes());
+        Self {
+            trace_id,
+            span_id: nonzero_random().to_be_bytes(),
+            flags: 0x01,
+            state: None,
+        }
+    }
+
+    /// A context from known ids (what an OpenTelemetry span reports, say).
+    pub fn from_ids(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            flags: u8::from(sampled),
+            state: None,
+        }
+    }
+
+    /// A span of the same trace below this one.
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id,
+            span_id: nonzero_random().to_be_bytes(),
+            flags: self.flags,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Parses a `traceparent` value (`00-<trace id>-<span id>-<flags>`) and an optional
+    /// `tracestate`. Invalid values (wrong length, non-hex, all-zero ids, version `ff`) give
+    /// `None`; later versions are read by their version-00 prefix, as the spec asks.
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
+        let value = traceparent.trim();
+        let bytes = value.as_bytes();
+        // Slicing below needs single-byte characters.
+        if !value.is_ascii() || bytes.len() < 55 || (bytes.len() > 55 && bytes[55] != b'-') {
+            return None;
+        }
+        let version = hex_byte(&value[0..2])?;
+        if version == 0xff || (version == 0 && bytes.len() != 55) {
+            return None;
+        }
+        if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        for (i, b) in trace_id.iter_mut().enumerate() {
+            *b = hex_byte(&value[3 + 2 * i..5 + 2 * i])?;
+        }
+        let mut span_id = [0u8; 8];
+        for (i, b) in span_id.iter_mut().enumerate() {
+            *b = hex_byte(&value[36 + 2 * i..38 + 2 * i])?;
+        }
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        let flags = hex_byte(&value[53..55])?;
+        Some(Self {
+            trace_id,
+            span_id,
+            flags,
+            state: tracestate
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        })
+    }
+
+    /// The context a message carries in its headers, if a valid one.
+    pub fn from_headers(headers: &Headers) -> Option<Self> {
+        Self::parse(headers.get(TRACEPARENT)?, headers.get(TRACESTATE))
+    }
+
+    /// Writes `traceparent` (and `tracestate` when there is one) into `headers`.
+    pub fn write_headers(&self, headers: &mut Headers) {
+        headers.insert(TRACEPARENT, self.traceparent());
+        match &self.state {
+            Some(state) => headers.insert(TRACESTATE, state),
+            None => headers.remove(TRACESTATE),
+        }
+    }
+
+    /// The `traceparent` value.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id_hex(),
+            self.span_id_hex(),
+            self.flags
+        )
+    }
+
+    /// The trace id, 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id, 16 lower-case hex digits.
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The span id.
+    pub fn span_id(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    /// Whether the trace is sampled.
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 == 1
+    }
+
+    /// The `tracestate` value, if any.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+
+    /// The context of the delivery being handled by this task, if any: publishing from a
+    /// receiver continues it. A task the receiver spawns does not inherit it; pass it on with
+    /// [`TraceContext::scope`].
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `future` with this as the current context.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn hex_byte(s: &str) -> Option<u8> {
+    // Upper-case hex is invalid in traceparent.
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    u8::from_str_radix(s, 16).ok()
+}
+
+/// A random, non-zero 64-bit number from a per-thread generator (SplitMix64) seeded once from
+/// the standard library's random hasher keys: span ids need uniqueness, not secrecy, and a
+/// system call per id would cost more than the span.
+fn nonzero_random() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()));
+    }
+    STATE.with(|state| loop {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        if z != 0 {
+            return z;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_writes_the_w3c_example() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::parse(value, Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(ctx.traceparent(), value);
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(ctx.sampled());
+        let child = ctx.child();
+        assert_eq!(child.trace_id(), ctx.trace_id());
+        assert_ne!(child.span_id(), ctx.span_id());
+        assert_eq!(child.state(), Some("congo=t61rcWkgMzE"));
+        let mut headers = Headers::new();
+        child.write_headers(&mut headers);
+        assert_eq!(TraceContext::from_headers(&headers), Some(child));
+    }
+
+    #[test]
+    fn refuses_invalid_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad, None), None, "{bad}");
+        }
+        // A later version is read by its version-00 fields.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes";
+        assert!(TraceContext::parse(later, None).is_some());
+    }
+
+    #[test]
+    fn roots_differ() {
+        let a = TraceContext::new_root();
+        let b = TraceContext::new_root();
+        assert_ne!(a.trace_id(), b.trace_id());
+        assert!(a.sampled());
+    }
+
+    #[tokio::test]
+    async fn the_scope_is_current_inside_only() {
+        assert_eq!(TraceContext::current(), None);
+        let ctx = TraceContext::new_root();
+        let seen = ctx.clone().scope(async { TraceContext::current() }).await;
+        assert_eq!(seen, Some(ctx));
+    }
+}

@@ -1,0 +1,130 @@
+//! Spans after OpenTelemetry's messaging conventions: one per publish (kind producer) and one
+//! per handled delivery (kind consumer), linked through the W3C `traceparent` header.
+
+use async_trait::async_trait;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use super::trace_context::TraceContext;
+use crate::consumer::{Context, Layer, Next, Outcome};
+use crate::error::Result;
+use crate::metadata::header;
+use crate::producer::{Outgoing, PublishLayer, PublishNext};
+use crate::transport::Position;
+
+/// A `process` span per delivery (`tracing`): its parent is the span whose `traceparent` the
+/// message carries, so the consumer continues the producer's trace, and publishing from a
+/// receiver continues the consumer's. Fields: `messaging.system`,
+/// `messaging.destination.name`, `messaging.consumer.group.name`, `messaging.operation.type`,
+/// `messaging.message.id`, `messaging.delivery.attempt`, `cloudevents.event_type`, `trace_id`,
+/// `span_id`, `parent_span_id` and, at the end, `eventbus.outcome`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingLayer;
+
+impl TracingLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+#[async_trait]
+impl Layer for TracingLayer {
+    fn name(&self) -> &str {
+        "tracing"
+    }
+
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        let parent = TraceContext::from_headers(ctx.headers());
+        let own = parent
+            .as_ref()
+            .map_or_else(TraceContext::new_root, TraceContext::child);
+        let span = tracing::info_span!(
+            "process",
+            otel.name = Empty,
+            otel.kind = "consumer",
+            messaging.system = ctx.consumer().backend(),
+            messaging.destination.name = ctx.topic(),
+            messaging.consumer.group.name = ctx.group(),
+            messaging.operation.type = "process",
+            messaging.message.id = Empty,
+            messaging.delivery.attempt = ctx.attempt(),
+            cloudevents.event_type = Empty,
+            trace_id = %own.trace_id_hex(),
+            span_id = %own.span_id_hex(),
+            parent_span_id = Empty,
+            eventbus.outcome = Empty,
+        );
+        if !span.is_disabled() {
+            span.record("otel.name", format!("process {}", ctx.topic()));
+            if let Some(parent) = &parent {
+                span.record("parent_span_id", parent.span_id_hex());
+            }
+            if let Ok(m) = ctx.metadata() {
+                span.record("messaging.message.id", m.id.to_string());
+                span.record("cloudevents.event_type", m.event_type.as_str());
+            }
+        }
+        let outcome = own.scope(next.run(ctx).instrument(span.clone())).await;
+        span.record("eventbus.outcome", outcome.as_str());
+        outcome
+    }
+}
+
+/// A `publish` span per published batch (`tracing`), child of the delivery being handled when
+/// there is one; every message gets its `traceparent`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishTracingLayer;
+
+impl PublishTracingLayer {
+    /// The layer.
+    pub const fn new() -> Self {
+        Self
+    }
+}
+
+#[async_trait]
+impl PublishLayer for PublishTracingLayer {
+    fn name(&self) -> &str {
+        "tracing"
+    }
+
+    async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
+        let parent = TraceContext::current();
+        let own = parent
+            .as_ref()
+            .map_or_else(TraceContext::new_root, TraceContext::child);
+        for message in &mut out.messages {
+            own.write_headers(&mut message.headers);
+        }
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = Empty,
+            otel.kind = "producer",
+            messaging.system = out.backend,
+            messaging.destination.name = out.topic.as_str(),
+            messaging.operation.type = "send",
+            messaging.batch.message_count = out.messages.len(),
+            messaging.message.id = Empty,
+            trace_id = %own.trace_id_hex(),
+            span_id = %own.span_id_hex(),
+            parent_span_id = Empty,
+        );
+        if !span.is_disabled() {
+            span.record("otel.name", format!("publish {}", out.topic));
+            if let Some(parent) = &parent {
+                span.record("parent_span_id", parent.span_id_hex());
+            }
+            if let [one] = out.messages.as_slice() {
+                if let Some(id) = one.headers.get(header::ID) {
+                    span.record("messaging.message.id", id);
+                }
+            }
+        }
+        let result = next.run(out).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::debug!(error = %e, "publish failed"));
+        }
+        result
+    }
+}
