@@ -66,6 +66,9 @@ pub use eventbus_pulsar as pulsar;
 #[cfg(feature = "redis")]
 pub use eventbus_redis as redis;
 
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
+
 /// References every backend crate enabled by features, so that the linker keeps their
 /// `inventory` registrations (an unreferenced crate is dropped, registrations and all).
 pub fn link_backends() {
