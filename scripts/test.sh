@@ -96,6 +96,8 @@ for example in quickstart retries_and_dead_letters alert_service; do
     cargo run --quiet --locked --example "$example" >/dev/null
     echo "example $example: ok"
 done
+cargo run --quiet --locked --example observability --features telemetry >/dev/null
+echo "example observability: ok"
 # The same quickstart, unchanged, against a real redis-server that the testkit fixture starts
 # on a free port (and stops afterwards).
 cargo run --quiet --locked -p eventbus-testkit --features fixtures --bin with-broker -- redis -- \

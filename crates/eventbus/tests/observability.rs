@@ -46,8 +46,11 @@ impl PublishLayer for AddTenant {
 }
 
 /// What the consumer layer saw: the tenant and traceparent headers of each delivery.
+/// The `tenant` and `traceparent` headers of one delivery.
+type HeadersSeen = (Option<String>, Option<String>);
+
 #[derive(Default, Clone)]
-struct Seen(Arc<Mutex<Vec<(Option<String>, Option<String>)>>>);
+struct Seen(Arc<Mutex<Vec<HeadersSeen>>>);
 
 #[async_trait]
 impl Layer for Seen {
@@ -63,8 +66,11 @@ impl Layer for Seen {
 }
 
 /// Spans by name with their fields, as a tracing subscriber layer records them.
+/// A span's name and fields.
+type SpanRecord = (String, HashMap<String, String>);
+
 #[derive(Default, Clone)]
-struct Spans(Arc<Mutex<HashMap<u64, (String, HashMap<String, String>)>>>);
+struct Spans(Arc<Mutex<HashMap<u64, SpanRecord>>>);
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
 
