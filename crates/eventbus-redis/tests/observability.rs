@@ -1,4 +1,5 @@
-//! Layers, trace propagation, metrics and health end to end, on memory and on a real Redis:
+//! Layers, trace propagation, metrics and health end to end, on memory and on a real Redis (here,
+//! not in the facade, so the facade needs no test fixtures and the quickstart builds without them):
 //! a custom producer layer adds a header, a custom consumer layer sees it, the consumer's span
 //! continues the producer's trace, a forced failure is retried then dead-lettered in the metrics
 //! scraped over HTTP, and `/health/ready` follows the broker going away and coming back.
