@@ -107,11 +107,21 @@ async fn a_published_event_has_exactly_open_edx_fields() {
         panic!("expected one entry, got {entries:?}")
     };
     assert_eq!(position.to_string(), *id);
-    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    // Open edX's fields, and the publish span's traceparent, which Open edX consumers pass over.
+    let mut names: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|n| *n != "traceparent")
+        .collect();
     let mut want = OPEN_EDX_FIELDS.to_vec();
     names.sort_unstable();
     want.sort_unstable();
     assert_eq!(names, want, "the entry's fields");
+    eventbus_testkit::openedx::assert_traceparent(
+        fields
+            .get("traceparent")
+            .map(|v| std::str::from_utf8(v).unwrap()),
+    );
 
     let text = |f: &str| String::from_utf8(fields[f].clone()).unwrap();
     assert_eq!(text("type"), SessionLoginCompleted::EVENT_TYPE);

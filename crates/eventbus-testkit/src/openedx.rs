@@ -126,11 +126,17 @@ pub fn assert_sample_login(got: &Envelope<SessionLoginCompleted>) {
 }
 
 /// Checks the headers (Kafka) or properties (Pulsar) of a login that eventbus published, by
-/// name: exactly [`OPEN_EDX_HEADER_NAMES`], the login's type and source, CloudEvents 1.0, Avro
-/// content, a UUID id and a UTC time in Python's isoformat.
+/// name: exactly [`OPEN_EDX_HEADER_NAMES`] plus the W3C `traceparent` of the publish span (which
+/// Open edX consumers pass over, as they do any header they do not read), the login's type and
+/// source, CloudEvents 1.0, Avro content, a UUID id and a UTC time in Python's isoformat.
 pub fn assert_published_login_headers(headers: &std::collections::BTreeMap<String, String>) {
-    let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+    let names: Vec<&str> = headers
+        .keys()
+        .map(String::as_str)
+        .filter(|n| *n != eventbus_core::telemetry::trace_context::TRACEPARENT)
+        .collect();
     assert_eq!(names, OPEN_EDX_HEADER_NAMES);
+    assert_traceparent(headers.get("traceparent").map(String::as_str));
     assert_eq!(headers["ce_type"], SessionLoginCompleted::EVENT_TYPE);
     assert_eq!(headers["ce_source"], "openedx/lms/web");
     assert_eq!(headers["ce_specversion"], "1.0");
@@ -140,6 +146,15 @@ pub fn assert_published_login_headers(headers: &std::collections::BTreeMap<Strin
         headers["ce_time"].ends_with("+00:00"),
         "{}",
         headers["ce_time"]
+    );
+}
+
+/// Checks that a published message carries a valid W3C `traceparent`.
+pub fn assert_traceparent(value: Option<&str>) {
+    let value = value.expect("a published message carries a traceparent");
+    assert!(
+        eventbus_core::TraceContext::parse(value, None).is_some(),
+        "not a W3C traceparent: {value}"
     );
 }
 
