@@ -64,8 +64,10 @@ impl Layer for TimeoutLayer {
         let Some(limit) = self.timeout else {
             return next.run(ctx).await;
         };
-        let topic = ctx.topic().to_owned();
-        match tokio::time::timeout(limit, next.run(ctx)).await {
+        // Awaited before matching, so `ctx` is free again to name the topic in the error: no
+        // copy of it on attempts that finish in time.
+        let finished = tokio::time::timeout(limit, next.run(ctx)).await;
+        match finished {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Retry {
                 error: Error::new(
@@ -73,7 +75,7 @@ impl Layer for TimeoutLayer {
                     "the handler did not finish within the consumer's handler timeout (EVENT_BUS_CONSUMER_HANDLER_TIMEOUT_MS)",
                 )
                 .with("timeout_ms", limit.as_millis())
-                .with("topic", topic),
+                .with("topic", ctx.topic()),
                 delay: None,
             },
         }

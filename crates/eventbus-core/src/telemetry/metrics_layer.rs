@@ -87,6 +87,39 @@ pub fn record_lag(topic: &str, group: &str, lag: u64) {
         .set(lag as f64);
 }
 
+/// Metric handles per topic, made on first use: registering labels with the recorder costs a
+/// lookup and allocations that per-event code should not pay.
+struct PerTopic<H> {
+    handles: RwLock<HashMap<String, Arc<H>>>,
+}
+
+impl<H> Default for PerTopic<H> {
+    fn default() -> Self {
+        Self {
+            handles: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<H> PerTopic<H> {
+    /// The cached handles of `topic` when `fits` accepts them, else new ones from `make`
+    /// (cached when the topic had none).
+    fn get(&self, topic: &str, fits: impl Fn(&H) -> bool, make: impl FnOnce() -> H) -> Arc<H> {
+        let cached = self.handles.read().ok().and_then(|m| m.get(topic).cloned());
+        match cached {
+            Some(h) if fits(&h) => h,
+            Some(_) => Arc::new(make()),
+            None => {
+                let h = Arc::new(make());
+                if let Ok(mut map) = self.handles.write() {
+                    map.insert(topic.to_owned(), Arc::clone(&h));
+                }
+                h
+            }
+        }
+    }
+}
+
 struct ConsumerHandles {
     group: String,
     consumed: Counter,
@@ -121,7 +154,7 @@ impl ConsumerHandles {
 /// group.
 #[derive(Default)]
 pub struct MetricsLayer {
-    handles: RwLock<HashMap<String, Arc<ConsumerHandles>>>,
+    handles: PerTopic<ConsumerHandles>,
 }
 
 impl MetricsLayer {
@@ -131,18 +164,12 @@ impl MetricsLayer {
     }
 
     fn handles(&self, topic: &str, group: &str) -> Arc<ConsumerHandles> {
-        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(topic).cloned()) {
-            if h.group == group {
-                return h;
-            }
-            // One layer shared by consumers of different groups: no caching for the others.
-            return Arc::new(ConsumerHandles::new(topic, group));
-        }
-        let h = Arc::new(ConsumerHandles::new(topic, group));
-        if let Ok(mut map) = self.handles.write() {
-            map.insert(topic.to_owned(), Arc::clone(&h));
-        }
-        h
+        // One layer shared by consumers of different groups caches the first group only.
+        self.handles.get(
+            topic,
+            |h| h.group == group,
+            || ConsumerHandles::new(topic, group),
+        )
     }
 }
 
@@ -204,7 +231,7 @@ struct PublishHandles {
 /// Producer metrics (`metrics`): published, publish errors and publish duration by topic.
 #[derive(Default)]
 pub struct PublishMetricsLayer {
-    handles: RwLock<HashMap<String, Arc<PublishHandles>>>,
+    handles: PerTopic<PublishHandles>,
 }
 
 impl PublishMetricsLayer {
@@ -214,19 +241,18 @@ impl PublishMetricsLayer {
     }
 
     fn handles(&self, topic: &str) -> Arc<PublishHandles> {
-        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(topic).cloned()) {
-            return h;
-        }
-        let labels = [("topic", topic.to_owned())];
-        let h = Arc::new(PublishHandles {
-            published: counter!(name::PUBLISHED, &labels),
-            errors: counter!(name::PUBLISH_ERRORS, &labels),
-            duration: histogram!(name::PUBLISH_DURATION, &labels),
-        });
-        if let Ok(mut map) = self.handles.write() {
-            map.insert(topic.to_owned(), Arc::clone(&h));
-        }
-        h
+        self.handles.get(
+            topic,
+            |_| true,
+            || {
+                let labels = [("topic", topic.to_owned())];
+                PublishHandles {
+                    published: counter!(name::PUBLISHED, &labels),
+                    errors: counter!(name::PUBLISH_ERRORS, &labels),
+                    duration: histogram!(name::PUBLISH_DURATION, &labels),
+                }
+            },
+        )
     }
 }
 
