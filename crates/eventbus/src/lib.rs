@@ -45,6 +45,11 @@
 //! | `redis` | Redis Streams (the `eventbus-redis` crate, re-exported as `redis`) | `redis://`, `rediss://` |
 //!
 //! A backend that is not compiled in is reported by name with the feature that adds it.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `telemetry` | [`telemetry`]: Prometheus `/metrics`, `/health/live`, `/health/ready` over axum |
+//! | `otlp` | [`otlp`]: the spans exported to an OpenTelemetry collector over OTLP/HTTP |
 #![forbid(unsafe_code)]
 
 #[doc(inline)]
@@ -68,6 +73,9 @@ pub use eventbus_redis as redis;
 
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 /// References every backend crate enabled by features, so that the linker keeps their
 /// `inventory` registrations (an unreferenced crate is dropped, registrations and all).

@@ -3,6 +3,8 @@
 //! stacks of consumers and producers; they cost little until a subscriber or recorder listens.
 
 pub mod metrics_layer;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod trace_context;
 mod tracing_layer;
 

@@ -51,6 +51,12 @@ impl TraceContext {
         }
     }
 
+    /// The same ids with this `tracestate` value.
+    pub fn with_state(mut self, state: &str) -> Self {
+        self.state = Some(state.to_owned()).filter(|s| !s.trim().is_empty());
+        self
+    }
+
     /// A span of the same trace below this one.
     pub fn child(&self) -> Self {
         Self {

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use tracing::field::Empty;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::trace_context::TraceContext;
 use crate::consumer::{Context, Layer, Next, Outcome};
@@ -36,9 +36,6 @@ impl Layer for TracingLayer {
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
         let parent = TraceContext::from_headers(ctx.headers());
-        let own = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_root, TraceContext::child);
         let span = tracing::info_span!(
             "process",
             otel.name = Empty,
@@ -50,8 +47,8 @@ impl Layer for TracingLayer {
             messaging.message.id = Empty,
             messaging.delivery.attempt = ctx.attempt(),
             cloudevents.event_type = Empty,
-            trace_id = %own.trace_id_hex(),
-            span_id = %own.span_id_hex(),
+            trace_id = Empty,
+            span_id = Empty,
             parent_span_id = Empty,
             eventbus.outcome = Empty,
         );
@@ -65,6 +62,9 @@ impl Layer for TracingLayer {
                 span.record("cloudevents.event_type", m.event_type.as_str());
             }
         }
+        // After the fields above: an OpenTelemetry span starts when its ids are asked for.
+        let own = own_context(&span, parent.as_ref(), Parent::Remote);
+        record_ids(&span, &own);
         let outcome = own.scope(next.run(ctx).instrument(span.clone())).await;
         span.record("eventbus.outcome", outcome.as_str());
         outcome
@@ -91,12 +91,6 @@ impl PublishLayer for PublishTracingLayer {
 
     async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
         let parent = TraceContext::current();
-        let own = parent
-            .as_ref()
-            .map_or_else(TraceContext::new_root, TraceContext::child);
-        for message in &mut out.messages {
-            own.write_headers(&mut message.headers);
-        }
         let span = tracing::info_span!(
             "publish",
             otel.name = Empty,
@@ -106,8 +100,8 @@ impl PublishLayer for PublishTracingLayer {
             messaging.operation.type = "send",
             messaging.batch.message_count = out.messages.len(),
             messaging.message.id = Empty,
-            trace_id = %own.trace_id_hex(),
-            span_id = %own.span_id_hex(),
+            trace_id = Empty,
+            span_id = Empty,
             parent_span_id = Empty,
         );
         if !span.is_disabled() {
@@ -121,10 +115,48 @@ impl PublishLayer for PublishTracingLayer {
                 }
             }
         }
+        let own = own_context(&span, parent.as_ref(), Parent::Local);
+        record_ids(&span, &own);
+        for message in &mut out.messages {
+            own.write_headers(&mut message.headers);
+        }
         let result = next.run(out).instrument(span.clone()).await;
         if let Err(e) = &result {
             span.in_scope(|| tracing::debug!(error = %e, "publish failed"));
         }
         result
     }
+}
+
+/// Where a span's parent comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    /// The `traceparent` of a delivery: another process's span.
+    Remote,
+    /// The delivery being handled in this task, if any.
+    Local,
+}
+
+/// The span's own place in the trace: the ids an OpenTelemetry layer gave it when there is one
+/// (feature `otel`), so that the headers name the exported span; else a child of `parent`, or a
+/// new trace.
+fn own_context(span: &Span, parent: Option<&TraceContext>, from: Parent) -> TraceContext {
+    #[cfg(feature = "otel")]
+    {
+        let remote = parent.filter(|_| from == Parent::Remote);
+        if let Some(own) = super::otel::span_context(span, remote, parent) {
+            return own;
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, from);
+    parent.map_or_else(TraceContext::new_root, TraceContext::child)
+}
+
+fn record_ids(span: &Span, own: &TraceContext) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("trace_id", own.trace_id_hex());
+    span.record("span_id", own.span_id_hex());
 }

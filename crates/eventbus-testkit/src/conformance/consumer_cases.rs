@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use eventbus_core::consumer::dead_letter::header as dlq;
 use eventbus_core::{
     AvroRecord, Bus, DeliveryStream, Envelope, ErrorKind, Event, Message, StartPosition,
+    TraceContext,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,7 @@ pub(super) fn cases() -> Vec<Case> {
         case!(runner_keeps_order_per_key),
         case!(shutdown_drains_within_timeout),
         case!(consecutive_errors_stop_consumer),
+        case!(trace_context_crosses_the_broker),
     ]
 }
 
@@ -372,5 +374,94 @@ async fn consecutive_errors_stop_consumer(ctx: &Ctx) -> CaseResultOf {
     check(letters.len() == 3, || {
         format!("{} dead letters", letters.len())
     })?;
+    Ok(())
+}
+
+/// The `traceparent` (and `tracestate`) a receiver found, and the context it ran in.
+type Traced = Arc<Mutex<Vec<(Option<String>, Option<String>, Option<TraceContext>)>>>;
+
+fn trace_seen(log: &Traced) -> Vec<(Option<String>, Option<String>, Option<TraceContext>)> {
+    log.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// W3C trace context rides the broker's headers: a send inside a trace reaches the receiver as
+/// a child of it (`tracestate` intact), and a send from the receiver continues the same trace
+/// below the receiver's own span.
+async fn trace_context_crosses_the_broker(ctx: &Ctx) -> CaseResultOf {
+    let bus = ctx.bus().await?;
+    let (first, second) = (ctx.topic("traced"), ctx.topic("traced-on"));
+    let (log_first, log_second): (Traced, Traced) = (Arc::default(), Arc::default());
+    let record = |log: &Traced, e: &Envelope<ConformanceItem>| {
+        let headers = e.delivery().map(|d| d.headers());
+        let parent = headers
+            .and_then(|h| h.get("traceparent"))
+            .map(str::to_owned);
+        let state = headers.and_then(|h| h.get("tracestate")).map(str::to_owned);
+        if let Ok(mut v) = log.lock() {
+            v.push((parent, state, TraceContext::current()));
+        }
+    };
+    let (sink, producer, onward) = (
+        Arc::clone(&log_first),
+        bus.producer().clone(),
+        second.clone(),
+    );
+    let relay = bus
+        .consumer(&first, &ctx.group("relay"))
+        .handle(move |e: Envelope<ConformanceItem>| {
+            record(&sink, &e);
+            let (producer, onward) = (producer.clone(), onward.clone());
+            async move { producer.send(&onward, &*e).await.map(drop) }
+        })
+        .start()
+        .await?;
+    let sink = Arc::clone(&log_second);
+    let end = bus
+        .consumer(&second, &ctx.group("end"))
+        .handle(move |e: Envelope<ConformanceItem>| {
+            record(&sink, &e);
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await?;
+
+    let root = TraceContext::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        Some("vendor=eventbus"),
+    )
+    .ok_or_else(|| CaseError::Fail("the W3C example does not parse".into()))?;
+    root.clone()
+        .scope(bus.producer().send(&first, &item("t", 1)))
+        .await?;
+    wait_until("the relayed event", || !trace_seen(&log_second).is_empty()).await?;
+    relay.shutdown().await?;
+    end.shutdown().await?;
+
+    let hops = [trace_seen(&log_first), trace_seen(&log_second)];
+    let mut above = root.span_id();
+    for (hop, seen) in hops.iter().enumerate() {
+        let Some((Some(parent), state, Some(running))) = seen.first() else {
+            return Err(CaseError::Fail(format!(
+                "hop {hop}: no traceparent or no current context: {seen:?}"
+            )));
+        };
+        let header = TraceContext::parse(parent, state.as_deref())
+            .ok_or_else(|| CaseError::Fail(format!("hop {hop}: invalid traceparent {parent}")))?;
+        check(header.trace_id() == root.trace_id(), || {
+            format!("hop {hop}: trace {parent} is not the sender's trace")
+        })?;
+        check(
+            header.span_id() != above && header.span_id() != root.span_id(),
+            || format!("hop {hop}: {parent} names no new publish span"),
+        )?;
+        check(state.as_deref() == Some("vendor=eventbus"), || {
+            format!("hop {hop}: tracestate {state:?}")
+        })?;
+        check(
+            running.trace_id() == root.trace_id() && running.span_id() != header.span_id(),
+            || format!("hop {hop}: the receiver ran in {running:?}, not below {parent}"),
+        )?;
+        above = running.span_id();
+    }
     Ok(())
 }
