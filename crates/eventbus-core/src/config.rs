@@ -18,6 +18,8 @@
 //! | `EVENT_BUS_CONSUMER_HANDLER_TIMEOUT_MS` | longest attempt of the receivers; slower counts as failed (0: none) | none |
 //! | `EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES` | `dead-letter` or `skip` event types no receiver handles | `dead-letter` |
 //! | `EVENT_BUS_CONSUMER_LAG_INTERVAL_MS` | how often the group's lag is read for the lag gauge (0: never) | 15000 |
+//! | `EVENT_BUS_CONSUMER_ACK_BATCH_SIZE` | most acknowledgements sent to the broker in one command | 256 |
+//! | `EVENT_BUS_CONSUMER_ACK_LINGER_MS` | how long the first ack of a batch waits for more (0: acks that come while a batch is on its way share the next) | 0 |
 //! | `EVENT_BUS_<BACKEND>_*` | passed to that backend as options | |
 
 use std::collections::BTreeMap;
@@ -145,6 +147,12 @@ impl BusConfig {
         }
         if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_LAG_INTERVAL_MS")? {
             c.lag_interval = (v > 0).then(|| Duration::from_millis(v));
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_ACK_BATCH_SIZE")? {
+            c.acks.max_batch = (v as usize).max(1);
+        }
+        if let Some(v) = number(&vars, "EVENT_BUS_CONSUMER_ACK_LINGER_MS")? {
+            c.acks.linger = Duration::from_millis(v);
         }
         if let Some(v) = get("EVENT_BUS_CONSUMER_UNKNOWN_EVENT_TYPES") {
             c.unknown_event_types = match v.trim() {

@@ -120,6 +120,22 @@ impl Error {
         self
     }
 
+    /// A copy for each of several waiters on one failure (errors are not `Clone`): kind,
+    /// message, context and the temporary flag, with the source's text in place of the source.
+    pub fn detached(&self) -> Self {
+        let mut message = self.message.clone();
+        if let Some(source) = &self.source {
+            message = format!("{message}: {source}");
+        }
+        Self {
+            kind: self.kind,
+            message,
+            temporary: self.temporary,
+            context: self.context.clone(),
+            source: None,
+        }
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind

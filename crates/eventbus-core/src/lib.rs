@@ -47,6 +47,7 @@ pub use schema_registry::{SchemaIds, SchemaRegistry};
 pub use serializer::{SchemaStore, Serializer, SerializerKind};
 pub use signal::{BoxError, Receiver, ReceiverId, SendReport, Signal};
 pub use telemetry::TraceContext;
+pub use transport::ack_batch::AckBatching;
 pub use transport::{
     Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher,
     StartPosition, Subscriber, Subscription, Transport,

@@ -16,6 +16,7 @@ use futures::Stream;
 
 use crate::error::{Error, ErrorKind, Result};
 
+pub mod ack_batch;
 pub mod departures;
 
 /// Message headers: ordered name/value pairs. Names are text; values are bytes, so a binary
@@ -181,6 +182,8 @@ pub struct Subscription {
     /// `None`: an existing group resumes where it was and a new group starts at the earliest
     /// message. `Some`: the group is moved to this position.
     pub start: Option<StartPosition>,
+    /// How the backend batches acknowledgements, where its broker takes many in one command.
+    pub acks: ack_batch::AckBatching,
 }
 
 impl Subscription {
@@ -195,6 +198,7 @@ impl Subscription {
             group: group.into(),
             consumer: consumer.into(),
             start: None,
+            acks: ack_batch::AckBatching::default(),
         }
     }
 
@@ -202,6 +206,13 @@ impl Subscription {
     #[must_use]
     pub fn starting_at(mut self, start: StartPosition) -> Self {
         self.start = Some(start);
+        self
+    }
+
+    /// Batches acknowledgements this way.
+    #[must_use]
+    pub fn batching_acks(mut self, acks: ack_batch::AckBatching) -> Self {
+        self.acks = acks;
         self
     }
 

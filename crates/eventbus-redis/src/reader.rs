@@ -26,6 +26,7 @@ use crate::entry;
 use crate::reply::{oldest_first, split_id, AutoClaimReply, ClaimReply, Entry, ReadReply};
 use crate::subscriber::ensure_group;
 use crate::RedisSettings;
+use eventbus_core::transport::ack_batch::{AckBatcher, SendBatch};
 use eventbus_core::transport::reconnect_delay;
 
 type Sender = mpsc::Sender<Result<Delivery>>;
@@ -41,6 +42,8 @@ struct Shared {
     held: Mutex<HashMap<String, HashSet<String>>>,
     /// Weak, so that a delivery kept past the end of its stream does not keep the stream open.
     deliveries: mpsc::WeakSender<Result<Delivery>>,
+    /// Acknowledgements (stream, id), sent as one `XACK` per stream and batch.
+    acks: AckBatcher<(String, String)>,
     closed: watch::Receiver<bool>,
 }
 
@@ -66,7 +69,12 @@ impl Reader {
         closed: watch::Receiver<bool>,
     ) -> DeliveryStream {
         let (tx, rx) = mpsc::channel(settings.read_count.max(1));
+        let acks = AckBatcher::spawn(
+            subscription.acks,
+            send_acks(conn.clone(), subscription.group.clone()),
+        );
         let shared = Arc::new(Shared {
+            acks,
             conn,
             group: subscription.group,
             consumer: subscription.consumer,
@@ -425,20 +433,14 @@ struct EntryAck {
 #[async_trait]
 impl Acknowledge for EntryAck {
     async fn ack(self: Box<Self>) -> Result<()> {
-        let acked: redis::RedisResult<i64> = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg(&self.shared.group)
-            .arg(&self.id)
-            .query_async(&mut self.shared.conn.clone())
-            .await;
+        let EntryAck {
+            shared, stream, id, ..
+        } = *self;
+        let acked = shared.acks.ack((stream.clone(), id.clone())).await;
         // Released either way: after a failed XACK the entry is still pending, and a claim round
         // must be free to deliver it again once it has been idle long enough.
-        self.shared.release(&self.stream, &self.id);
-        acked.map(drop).map_err(|e| {
-            failed(ErrorKind::Subscribe, "XACK", e)
-                .with("stream", &self.stream)
-                .with("id", &self.id)
-        })
+        shared.release(&stream, &id);
+        acked.map_err(|e| e.with("stream", &stream).with("id", &id))
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
@@ -454,6 +456,31 @@ impl Acknowledge for EntryAck {
         });
         Ok(())
     }
+}
+
+/// Sends a batch of acknowledgements: one `XACK` per stream with all its ids, pipelined in one
+/// round trip.
+fn send_acks(conn: ConnectionManager, group: String) -> SendBatch<(String, String)> {
+    Box::new(move |batch: Vec<(String, String)>| {
+        let mut conn = conn.clone();
+        let group = group.clone();
+        Box::pin(async move {
+            let mut by_stream: Vec<(String, Vec<String>)> = Vec::new();
+            for (stream, id) in batch {
+                match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                    Some((_, ids)) => ids.push(id),
+                    None => by_stream.push((stream, vec![id])),
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (stream, ids) in &by_stream {
+                pipe.cmd("XACK").arg(stream).arg(&group).arg(ids).ignore();
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| failed(ErrorKind::Subscribe, "XACK", e))
+        })
+    })
 }
 
 /// A stream id starts with the server's clock in milliseconds when the entry was added.

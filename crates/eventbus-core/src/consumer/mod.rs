@@ -29,6 +29,7 @@ use crate::producer::Producer;
 use crate::serializer::Serializer;
 use crate::signal::{registered_signals, Receiver};
 use crate::telemetry::{MetricsLayer, TracingLayer};
+use crate::transport::ack_batch::AckBatching;
 use crate::transport::{StartPosition, Subscriber, Transport};
 
 pub use self::context::{Context, DeliveryInfo};
@@ -63,6 +64,8 @@ pub struct ConsumerSettings {
     /// How often the group's lag is read from the broker for the `eventbus_consumer_lag` gauge
     /// (`None`: never).
     pub lag_interval: Option<Duration>,
+    /// How acknowledgements are batched into broker commands, where the backend can.
+    pub acks: AckBatching,
 }
 
 impl Default for ConsumerSettings {
@@ -76,6 +79,7 @@ impl Default for ConsumerSettings {
             handler_timeout: None,
             unknown_event_types: UnknownEventTypes::DeadLetter,
             lag_interval: Some(Duration::from_secs(15)),
+            acks: AckBatching::default(),
         }
     }
 }

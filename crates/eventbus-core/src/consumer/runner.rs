@@ -59,6 +59,7 @@ pub(super) async fn subscribe(consumer: Consumer) -> Result<Subscribed> {
         group: parts.state.group().to_owned(),
         consumer: parts.state.name().to_owned(),
         start: parts.start,
+        acks: parts.settings.acks,
     };
     let stream = parts
         .subscriber

@@ -158,6 +158,7 @@ impl Ctx {
             group: group.to_owned(),
             consumer: format!("{group}-{}", uuid::Uuid::new_v4().simple()),
             start,
+            acks: Default::default(),
         };
         Ok(transport.subscriber.subscribe(subscription).await?)
     }
