@@ -1,7 +1,8 @@
 //! The consumer loop: one fetching task feeding `concurrency` lanes. A key always maps to the
 //! same lane and a lane handles one event at a time, which bounds concurrency and keeps per-key
 //! order; events without a key are spread round-robin. Each delivery goes through the layer
-//! stack to the dispatcher, then is settled with the broker by its outcome.
+//! stack to the dispatcher, then is settled with the broker by its outcome; the lane goes on to
+//! its next event while the broker confirms, so that acknowledgements can travel in batches.
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -19,6 +21,9 @@ use super::Consumer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
 use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
+
+/// Settlements one lane may have on their way to the broker before it waits for one.
+const SETTLING_PER_LANE: usize = 64;
 
 /// Queue depth per lane: small, so a slow lane pushes back on fetching instead of hoarding.
 const LANE_DEPTH: usize = 4;
@@ -116,13 +121,8 @@ pub(super) async fn run(
     let mut lanes = Vec::with_capacity(lanes_n);
     let mut workers = Vec::with_capacity(lanes_n);
     for _ in 0..lanes_n {
-        let (tx, mut rx) = mpsc::channel::<Delivery>(LANE_DEPTH);
-        let shared = Arc::clone(&shared);
-        workers.push(tokio::spawn(async move {
-            while let Some(delivery) = rx.recv().await {
-                shared.process(delivery).await;
-            }
-        }));
+        let (tx, rx) = mpsc::channel::<Delivery>(LANE_DEPTH);
+        workers.push(tokio::spawn(lane(Arc::clone(&shared), rx)));
         lanes.push(tx);
     }
 
@@ -227,8 +227,39 @@ async fn report_lag(
     }
 }
 
+/// One lane: handles its deliveries one at a time, in order, and settles each with the broker
+/// without waiting for the broker's answer before handling the next; the answers are awaited
+/// alongside (at most [`SETTLING_PER_LANE`] at once), and all of them before the lane ends.
+/// The backend can then put many acknowledgements into one broker command.
+async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
+    let mut settling = FuturesUnordered::new();
+    while let Some(delivery) = alongside(rx.recv(), &mut settling).await {
+        let (delivery, outcome) = alongside(shared.process(delivery), &mut settling).await;
+        settling.push(shared.settle(delivery, outcome));
+        while settling.len() >= SETTLING_PER_LANE {
+            settling.next().await;
+        }
+    }
+    while settling.next().await.is_some() {}
+}
+
+/// Runs `future` to its end while the settlements already sent make progress.
+async fn alongside<F: Future, S: Future<Output = ()>>(
+    future: F,
+    settling: &mut FuturesUnordered<S>,
+) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut future => return out,
+            Some(()) = settling.next(), if !settling.is_empty() => {}
+        }
+    }
+}
+
 impl Shared {
-    async fn process(&self, mut delivery: Delivery) {
+    async fn process(&self, mut delivery: Delivery) -> (Delivery, Outcome) {
         let info = DeliveryInfo::take(
             &mut delivery,
             self.state.group_arc(),
@@ -240,7 +271,7 @@ impl Shared {
             .run(&mut ctx)
             .await;
         self.state.leave();
-        self.settle(delivery, outcome).await;
+        (delivery, outcome)
     }
 
     /// Tells the broker how handling ended: an ack, or a nack that brings it back later.
