@@ -31,8 +31,10 @@
 //!   Pending entries belong to a member's name: give consumers names that survive a restart
 //!   (`Consumer::name`), or what a member held waits the claim idle time for another one; the
 //!   consumer warns when it has none.
-//! - **Acknowledging** is `XACK`, after success only. A nack leaves the entry pending and claims it
-//!   back after the delay.
+//! - **Acknowledging** is `XACK`, after success only; acks that meet go out together, one `XACK`
+//!   per stream with all their ids (the core's batching, `EVENT_BUS_CONSUMER_ACK_BATCH_SIZE`), and
+//!   each is reported done once Redis answered. A nack leaves the entry pending and claims it back
+//!   after the delay.
 //! - **Connections.** Commands share one connection that reconnects with exponential backoff; a
 //!   command sent while Redis is away fails with a temporary error. A reader that loses Redis
 //!   reports the error on its delivery stream (the core logs and counts it) and retries with
