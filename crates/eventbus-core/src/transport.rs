@@ -4,6 +4,7 @@
 //! [`Guarantees`]; it holds no policy. Retries, dead letters, dispatch and ordering across
 //! workers live in the core's consumer runner.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,13 +23,45 @@ pub mod departures;
 /// Message headers: ordered name/value pairs. Names are text; values are bytes, so a binary
 /// value survives every backend unchanged (the CloudEvents attributes are UTF-8 text). A name may
 /// repeat (Kafka allows it), which is why this is not a map.
+///
+/// The names eventbus itself writes (CloudEvents attributes, trace context, dead-letter fields)
+/// are kept as static strings whichever way they arrive, so copying headers, which every
+/// delivery of an in-memory topic and every dead letter does, copies no name.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Bytes)>);
+pub struct Headers(Vec<(Cow<'static, str>, Bytes)>);
+
+/// The header names stored without an allocation of their own.
+const KNOWN_NAMES: &[&str] = &[
+    "ce_id",
+    "ce_type",
+    "ce_source",
+    "ce_specversion",
+    "ce_time",
+    "ce_minorversion",
+    "sourcehost",
+    "sourcelib",
+    "content-type",
+    "ce_datacontenttype",
+    "traceparent",
+    "tracestate",
+];
+
+fn header_name(name: String) -> Cow<'static, str> {
+    match KNOWN_NAMES.iter().find(|known| **known == name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(name),
+    }
+}
 
 impl Headers {
     /// No headers.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No headers, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
     }
 
     /// The first value of `name` as text; `None` when absent or not UTF-8 (see
@@ -56,15 +89,24 @@ impl Headers {
 
     /// Sets `name` to `value`, removing earlier values of `name`.
     pub fn insert(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
-        let name = name.into();
+        let name = header_name(name.into());
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, Bytes::copy_from_slice(value.as_ref())));
     }
 
+    /// [`Headers::insert`] for a name known at compile time and a value that is moved in, not
+    /// copied: the producer's fast path.
+    pub fn insert_static(&mut self, name: &'static str, value: impl Into<Bytes>) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((Cow::Borrowed(name), value.into()));
+    }
+
     /// Adds a value of `name`, keeping earlier ones.
     pub fn append(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
-        self.0
-            .push((name.into(), Bytes::copy_from_slice(value.as_ref())));
+        self.0.push((
+            header_name(name.into()),
+            Bytes::copy_from_slice(value.as_ref()),
+        ));
     }
 
     /// Removes every value of `name`.
@@ -74,7 +116,7 @@ impl Headers {
 
     /// All pairs, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_ref()))
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// Number of pairs.
@@ -92,7 +134,7 @@ impl<N: Into<String>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Self(
             iter.into_iter()
-                .map(|(n, v)| (n.into(), Bytes::copy_from_slice(v.as_ref())))
+                .map(|(n, v)| (header_name(n.into()), Bytes::copy_from_slice(v.as_ref())))
                 .collect(),
         )
     }
@@ -466,5 +508,31 @@ impl PublishGate {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
         self.drain().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_header_names_are_kept_without_an_allocation() {
+        let mut headers: Headers = [("ce_id", "1"), ("tenant", "acme")].into_iter().collect();
+        headers.append(String::from("traceparent"), "00-…");
+        headers.insert_static("ce_type", String::from("t"));
+        let borrowed: Vec<bool> = headers
+            .0
+            .iter()
+            .map(|(n, _)| matches!(n, Cow::Borrowed(_)))
+            .collect();
+        assert_eq!(borrowed, [true, false, true, true]);
+        headers.insert_static("ce_id", Bytes::from_static(b"2"));
+        assert_eq!(headers.get("ce_id"), Some("2"));
+        assert_eq!(headers.get_all("ce_id").count(), 1);
+        assert_eq!(headers.get("tenant"), Some("acme"));
+        assert_eq!(
+            headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["tenant", "traceparent", "ce_type", "ce_id"]
+        );
     }
 }

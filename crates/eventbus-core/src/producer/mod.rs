@@ -224,7 +224,8 @@ impl Producer {
         let mut message = Message {
             key,
             payload: payload.into(),
-            headers: Default::default(),
+            // The CloudEvents attributes, `traceparent` and `tracestate`.
+            headers: Headers::with_capacity(12),
         };
         metadata.write_headers(&mut message.headers);
         Ok(message)

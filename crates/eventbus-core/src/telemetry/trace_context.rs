@@ -3,7 +3,6 @@
 //! continues the consumer's trace.
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 
@@ -114,21 +113,22 @@ impl TraceContext {
 
     /// Writes `traceparent` (and `tracestate` when there is one) into `headers`.
     pub fn write_headers(&self, headers: &mut Headers) {
-        headers.insert(TRACEPARENT, self.traceparent());
+        headers.insert_static(TRACEPARENT, self.traceparent());
         match &self.state {
-            Some(state) => headers.insert(TRACESTATE, state),
+            Some(state) => headers.insert_static(TRACESTATE, state.clone()),
             None => headers.remove(TRACESTATE),
         }
     }
 
     /// The `traceparent` value.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            self.flags
-        )
+        // `00-` 32 hex `-` 16 hex `-` 2 hex: written into a fixed buffer, one allocation.
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        hex_into(&[self.flags], &mut out[53..55]);
+        out.iter().map(|&b| char::from(b)).collect()
     }
 
     /// The trace id, 32 lower-case hex digits.
@@ -174,12 +174,20 @@ impl TraceContext {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+/// Lower-case hex digits of `bytes` into `out` (twice as long): a table look-up per nibble,
+/// since the formatting machinery costs more than the rest of a publish.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    out.into_iter().map(char::from).collect()
 }
 
 fn hex_byte(s: &str) -> Option<u8> {

@@ -1,0 +1,178 @@
+//! Cost per event, made to be counted by `valgrind --tool=callgrind` (instructions) and by a
+//! counting allocator (heap allocations): `scripts/cost.sh` runs it and prints the table.
+//!
+//! ```text
+//! cargo bench -p eventbus-testkit --bench cost --no-run
+//! target/release/deps/cost-* PATH N      # PATH: publish | consume | runner | runner-bare
+//! ```
+//!
+//! Everything runs on one current-thread runtime inside a `measured_*` function, so that
+//! `--toggle-collect='cost::measured*'` counts the path and nothing of the set-up. The script
+//! runs two sizes and divides the difference by the difference in events: fixed costs (starting
+//! a consumer, say) cancel out.
+//!
+//! - `publish`: `send_batch` of Open edX login events in batches of 100 (metadata, headers,
+//!   Avro encode, the publish layers, the in-memory transport).
+//! - `consume`: the consumer runner from the in-memory transport to a typed no-op receiver and
+//!   the ack (decode, dispatch, default layer stack).
+//! - `runner`: the same with a raw pass-through receiver (no codec), default layer stack.
+//! - `runner-bare`: a raw pass-through receiver and no layers at all.
+#![allow(missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use eventbus_core::consumer::DeliveryInfo;
+use eventbus_core::{Bus, BusConfig, Envelope, Message, SerializerKind};
+use eventbus_testkit::memory::MemoryBroker;
+use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted};
+
+/// Counts heap allocations while `COUNTING` is set.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const TOPIC: &str = "cost";
+const BATCH: usize = 100;
+
+fn bus() -> Bus {
+    let config = BusConfig::new().consumer(|c| c.lag_interval = None);
+    Bus::with_transport(
+        MemoryBroker::new(8).transport(),
+        SerializerKind::Avro,
+        config,
+    )
+}
+
+/// `n` encoded logins, published before the measured part.
+async fn published(bus: &Bus, n: usize) {
+    let producer = bus.producer();
+    let metadata = producer.metadata::<SessionLoginCompleted>();
+    let message: Message = producer
+        .encode(TOPIC, &sample_login(), &metadata, None)
+        .expect("encodes");
+    let full = producer.settings().full_topic(TOPIC);
+    for _ in 0..n / BATCH {
+        bus.transport()
+            .publisher
+            .publish(&full, vec![message.clone(); BATCH])
+            .await
+            .expect("publishes");
+    }
+}
+
+#[inline(never)]
+fn measured_publish(rt: &tokio::runtime::Runtime, bus: &Bus, events: &[SessionLoginCompleted]) {
+    rt.block_on(async {
+        for batch in events.chunks(BATCH) {
+            bus.producer()
+                .send_batch(TOPIC, batch)
+                .await
+                .expect("send_batch");
+        }
+    });
+}
+
+#[inline(never)]
+fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &str) {
+    rt.block_on(async {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(tokio::sync::Notify::new());
+        let (counter, finished) = (Arc::clone(&seen), Arc::clone(&done));
+        let count = move || {
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                finished.notify_one();
+            }
+        };
+        let consumer = bus.consumer(TOPIC, "cost");
+        let consumer = match mode {
+            "consume" => consumer.handle(move |e: Envelope<SessionLoginCompleted>| {
+                std::hint::black_box(e.event());
+                count();
+                async { Ok::<_, std::io::Error>(()) }
+            }),
+            _ => {
+                let raw = consumer.handle_raw(move |d: Arc<DeliveryInfo>| {
+                    std::hint::black_box(d.payload());
+                    count();
+                    async { Ok::<_, std::io::Error>(()) }
+                });
+                if mode == "runner-bare" {
+                    raw.layers(|stack| {
+                        stack.clear();
+                        Ok(())
+                    })
+                } else {
+                    raw
+                }
+            }
+        };
+        let handle = consumer.start().await.expect("starts");
+        done.notified().await;
+        handle.shutdown().await.expect("shuts down");
+    });
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let path = args.next().unwrap_or_else(|| "consume".to_owned());
+    let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(2_000);
+    let n = n / BATCH * BATCH;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let bus = bus();
+    let before;
+    match path.as_str() {
+        "publish" => {
+            let events = vec![sample_login(); n];
+            // One warm-up batch: schema parsing and caches are set-up, not per-event cost.
+            measured_publish(&rt, &bus, &events[..BATCH]);
+            before = ALLOCATIONS.load(Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            measured_publish(&rt, &bus, &events);
+        }
+        "consume" | "runner" | "runner-bare" => {
+            rt.block_on(published(&bus, n));
+            before = ALLOCATIONS.load(Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            measured_consume(&rt, &bus, n, &path);
+        }
+        other => {
+            eprintln!("unknown path {other}: publish, consume, runner or runner-bare");
+            std::process::exit(2);
+        }
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!("path={path} events={n} allocations={allocations}");
+}
