@@ -207,6 +207,18 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// Writes `value` as decimal digits filling `out`, zero-padded.
+fn digits(out: &mut [u8], mut value: u32) {
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+fn copied(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,16 +285,4 @@ mod tests {
         let err = EventMetadata::from_headers(&headers).unwrap_err();
         assert!(err.to_string().contains("several ce_type"), "{err}");
     }
-}
-
-/// Writes `value` as decimal digits filling `out`, zero-padded.
-fn digits(out: &mut [u8], mut value: u32) {
-    for slot in out.iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-}
-
-fn copied(text: &str) -> Bytes {
-    Bytes::copy_from_slice(text.as_bytes())
 }
