@@ -358,3 +358,64 @@ async fn send_with_sets_the_key_and_headers_the_receiver_reads() {
     assert!(err.to_string().contains("ce_id"), "{err}");
     consumer.shutdown().await.unwrap();
 }
+
+/// Panics on the first attempt of the first event it sees.
+#[derive(Default, Clone)]
+struct PanicsOnce(Arc<AtomicU32>);
+
+#[async_trait]
+impl Layer for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics-once"
+    }
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        if ctx.attempt() == 1 && self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("a bug in a layer");
+        }
+        next.run(ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_layer_sends_the_event_back_and_the_consumer_goes_on() {
+    let bus = bus();
+    let handled: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let sink = Arc::clone(&handled);
+    let consumer = bus
+        .consumer("jobs", "workers")
+        .layer(PanicsOnce::default())
+        .handle(move |e: Envelope<Job>| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().unwrap().push(e.item.id);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        bus.producer().send("jobs", &job(id, "run")).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut seen = handled.lock().unwrap().clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen == [1, 2, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "handled {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !consumer.is_finished(),
+        "the consumer stopped on a layer's panic"
+    );
+    assert_eq!(
+        consumer.state().in_flight(),
+        0,
+        "the in-flight count survived the panic"
+    );
+    consumer.shutdown().await.unwrap();
+}

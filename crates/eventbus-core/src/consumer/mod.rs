@@ -11,6 +11,7 @@ pub(crate) mod layer;
 mod limits;
 pub mod retry;
 mod runner;
+mod schedule;
 mod state;
 
 use std::collections::HashMap;

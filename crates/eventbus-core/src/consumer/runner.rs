@@ -1,32 +1,37 @@
-//! The consumer loop: one fetching task feeding `concurrency` lanes. A key always maps to the
-//! same lane and a lane handles one event at a time, which bounds concurrency and keeps per-key
-//! order; events without a key are spread round-robin. Each delivery goes through the layer
-//! stack to the dispatcher, then is settled with the broker by its outcome; the lane goes on to
-//! its next event while the broker confirms, so that acknowledgements can travel in batches.
+//! The consumer loop: one task fetches and hands events to `concurrency` workers. An event
+//! whose key has an earlier event still being handled (retrying with backoff, say) is parked
+//! behind it, so one key is handled in order while other keys flow past it; how much is held is
+//! bounded, beyond which fetching waits. Events without a key are never held back. Each
+//! delivery goes through the layer stack to the dispatcher, then is settled with the broker by
+//! its outcome; the worker takes its next event while the broker confirms, so that
+//! acknowledgements can travel in batches.
 
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
+use futures::FutureExt;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::context::{Context, DeliveryInfo};
 use super::layer::{Handler, Layer, Next, Outcome};
+use super::schedule::{KeyId, KeyQueue};
 use super::state::ConsumerState;
 use super::Consumer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
 use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
 
-/// Settlements one lane may have on their way to the broker before it waits for one.
-const SETTLING_PER_LANE: usize = 64;
+/// Settlements one worker may have on their way to the broker before it waits for one.
+const SETTLING_PER_WORKER: usize = 64;
 
-/// Queue depth per lane: small, so a slow lane pushes back on fetching instead of hoarding.
-const LANE_DEPTH: usize = 4;
+/// Deliveries held per worker (being handled, ready or parked behind their key) before the
+/// consumer stops fetching: the bound on memory when one key is slow or retrying.
+const HELD_PER_WORKER: usize = 64;
 
 struct Shared {
     layers: Arc<[Arc<dyn Layer>]>,
@@ -102,7 +107,7 @@ pub(super) async fn run(
         mut stream,
         subscriber,
         subscription,
-        concurrency: lanes_n,
+        concurrency: workers_n,
         shutdown_timeout,
         backoff,
         lag_interval,
@@ -118,19 +123,46 @@ pub(super) async fn run(
         ))
     });
 
-    let mut lanes = Vec::with_capacity(lanes_n);
-    let mut workers = Vec::with_capacity(lanes_n);
-    for _ in 0..lanes_n {
-        let (tx, rx) = mpsc::channel::<Delivery>(LANE_DEPTH);
-        workers.push(tokio::spawn(lane(Arc::clone(&shared), rx)));
-        lanes.push(tx);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Option<KeyId>)>();
+    let mut inboxes = Vec::with_capacity(workers_n);
+    let mut workers = Vec::with_capacity(workers_n);
+    for id in 0..workers_n {
+        let (tx, rx) = mpsc::channel(1);
+        workers.push(tokio::spawn(worker(
+            id,
+            Arc::clone(&shared),
+            rx,
+            done_tx.clone(),
+        )));
+        inboxes.push(tx);
     }
+    drop(done_tx);
+    let mut idle: Vec<usize> = (0..workers_n).rev().collect();
+    let mut queue = KeyQueue::new();
+    let max_held = workers_n * HELD_PER_WORKER;
+    let mut fetching = true;
 
     let hasher = RandomState::new();
-    let round_robin = AtomicUsize::new(0);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut outcome: Result<()> = Ok(());
-    loop {
+    'dispatch: loop {
+        while !idle.is_empty() {
+            let Some((key, delivery)) = queue.next_ready() else {
+                break;
+            };
+            let Some(id) = idle.pop() else { break };
+            // A free worker's inbox is empty: it took its last event before saying it was done.
+            if inboxes[id].try_send((key, delivery)).is_err() {
+                outcome = Err(Error::new(
+                    ErrorKind::Receiver,
+                    "a consumer worker stopped unexpectedly",
+                ));
+                break 'dispatch;
+            }
+        }
+        if !fetching && queue.held() == 0 {
+            break;
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -142,21 +174,16 @@ pub(super) async fn run(
                 )).with("group", state.group()));
                 break;
             }
-            next = stream.next() => match next {
-                None => break,
+            Some((id, key)) = done_rx.recv() => {
+                idle.push(id);
+                queue.done(key);
+            }
+            next = stream.next(), if fetching && queue.held() < max_held => match next {
+                // The subscription ended: handle what is held, then stop.
+                None => fetching = false,
                 Some(Ok(delivery)) => {
-                    let lane = match &delivery.message.key {
-                        Some(key) => (hasher.hash_one(key) % lanes_n as u64) as usize,
-                        None => round_robin.fetch_add(1, Ordering::Relaxed) % lanes_n,
-                    };
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        sent = lanes[lane].send(delivery) => if sent.is_err() {
-                            outcome = Err(Error::new(ErrorKind::Receiver, "a consumer lane stopped unexpectedly"));
-                            break;
-                        },
-                    }
+                    let key = delivery.message.key.as_ref().map(|k| hasher.hash_one(k));
+                    queue.push(key, delivery);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, group = %state.group(), "fetching failed; retrying");
@@ -168,8 +195,14 @@ pub(super) async fn run(
         }
     }
 
-    // Stop fetching, let the lanes finish what they hold, then leave the group.
-    drop(lanes);
+    // What was fetched but not started goes back to the broker (dropping a delivery nacks it);
+    // what is being handled is finished.
+    let abandoned = queue.abandon();
+    if abandoned > 0 {
+        tracing::debug!(group = %state.group(), abandoned, "events fetched but not started are left for redelivery");
+    }
+    // Let the workers finish what they hold and settle it, then leave the group.
+    drop(inboxes);
     if let Some(lag) = lag {
         lag.abort();
     }
@@ -227,16 +260,35 @@ async fn report_lag(
     }
 }
 
-/// One lane: handles its deliveries one at a time, in order, and settles each with the broker
-/// without waiting for the broker's answer before handling the next; the answers are awaited
-/// alongside (at most [`SETTLING_PER_LANE`] at once), and all of them before the lane ends.
-/// The backend can then put many acknowledgements into one broker command.
-async fn lane(shared: Arc<Shared>, mut rx: mpsc::Receiver<Delivery>) {
+/// One worker: handles the events the dispatcher hands it, one at a time, and settles each
+/// with the broker without waiting for the broker's answer before saying it is free again; the
+/// answers are awaited alongside (at most [`SETTLING_PER_WORKER`] at once), and all of them
+/// before the worker ends. The backend can then put many acknowledgements into one command.
+async fn worker(
+    id: usize,
+    shared: Arc<Shared>,
+    mut inbox: mpsc::Receiver<(Option<KeyId>, Delivery)>,
+    done: mpsc::UnboundedSender<(usize, Option<KeyId>)>,
+) {
     let mut settling = FuturesUnordered::new();
-    while let Some(delivery) = alongside(rx.recv(), &mut settling).await {
-        let (delivery, outcome) = alongside(shared.process(delivery), &mut settling).await;
-        settling.push(shared.settle(delivery, outcome));
-        while settling.len() >= SETTLING_PER_LANE {
+    while let Some((key, delivery)) = alongside(inbox.recv(), &mut settling).await {
+        // Receivers' panics are outcomes already (the dispatcher catches them); a layer's is
+        // caught here, so that the worker lives on. Its delivery is dropped, which nacks it.
+        let processed = AssertUnwindSafe(shared.process(delivery)).catch_unwind();
+        match alongside(processed, &mut settling).await {
+            Ok((delivery, outcome)) => settling.push(shared.settle(delivery, outcome)),
+            Err(_) => {
+                let e = Error::new(
+                    ErrorKind::Receiver,
+                    "a consumer layer panicked; the event goes back to the broker",
+                );
+                tracing::error!(error = %e, group = %shared.state.group(), "a consumer layer panicked");
+                shared.state.record_failure(&e);
+            }
+        }
+        // The dispatcher may be gone (shutting down); the settlement still completes here.
+        let _ = done.send((id, key));
+        while settling.len() >= SETTLING_PER_WORKER {
             settling.next().await;
         }
     }
@@ -266,11 +318,18 @@ impl Shared {
             Arc::clone(&self.serializer),
         );
         let mut ctx = Context::new(info, Arc::clone(&self.state));
+        // Left on drop, so that a layer that panics does not leave the count behind.
+        struct InFlight<'a>(&'a ConsumerState);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.leave();
+            }
+        }
         self.state.enter();
+        let _in_flight = InFlight(&self.state);
         let outcome = Next::new(&self.layers, self.handler.as_ref())
             .run(&mut ctx)
             .await;
-        self.state.leave();
         (delivery, outcome)
     }
 

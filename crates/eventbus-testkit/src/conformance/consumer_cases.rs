@@ -1,5 +1,5 @@
 //! Cases on the consumer runner over the backend: dead letters, retries, per-key order through
-//! concurrent lanes, shutdown and the consecutive-errors limit. The policy is the core's; these
+//! concurrent workers, shutdown and the consecutive-errors limit. The policy is the core's; these
 //! cases prove that the backend's acks, nacks and redeliveries let it work.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +24,7 @@ pub(super) fn cases() -> Vec<Case> {
         case!(shutdown_drains_within_timeout),
         case!(consecutive_errors_stop_consumer),
         case!(trace_context_crosses_the_broker),
+        case!(a_retrying_key_holds_back_no_other_key),
     ]
 }
 
@@ -254,7 +255,7 @@ async fn runner_keeps_order_per_key(ctx: &Ctx) -> CaseResultOf {
         .handle(move |e: Envelope<ConformanceItem>| {
             let sink = Arc::clone(&sink);
             async move {
-                // Uneven work, so lanes race each other.
+                // Uneven work, so workers race each other.
                 tokio::time::sleep(Duration::from_millis((e.seq % 3) as u64)).await;
                 if let Ok(mut v) = sink.lock() {
                     v.push((e.key.clone(), e.seq));
@@ -462,6 +463,137 @@ async fn trace_context_crosses_the_broker(ctx: &Ctx) -> CaseResultOf {
             || format!("hop {hop}: the receiver ran in {running:?}, not below {parent}"),
         )?;
         above = running.span_id();
+    }
+    Ok(())
+}
+
+/// One key's event fails, with backoff between attempts, while a thousand events of other keys
+/// arrive: they are handled during the backoff instead of waiting behind it, and the failing
+/// key's later events wait for it and come in order. The failing event fails three times, then
+/// goes on failing while other keys make progress (up to 10 s), so that the case neither hangs
+/// on a slow broker nor depends on its speed.
+async fn a_retrying_key_holds_back_no_other_key(ctx: &Ctx) -> CaseResultOf {
+    const OTHERS: usize = 1_000;
+    let bus = ctx.bus().await?;
+    let topic = ctx.topic("t");
+    let log: Seen = Arc::default();
+    let others_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // When the failing event first ran, the other keys' count at the last attempt, and when
+    // that count last moved.
+    let first_failure: Arc<Mutex<Option<(Instant, usize, Instant)>>> = Arc::default();
+    let (sink, done, failed, since) = (
+        Arc::clone(&log),
+        Arc::clone(&others_done),
+        Arc::clone(&failures),
+        Arc::clone(&first_failure),
+    );
+    let handle = bus
+        .consumer(&topic, &ctx.group("g"))
+        .configure(|s| {
+            s.retry.max_attempts = 1_000;
+            s.retry.base = Duration::from_millis(50);
+            s.retry.cap = Duration::from_millis(50);
+        })
+        .handle(move |e: Envelope<ConformanceItem>| {
+            let (sink, done, failed, since) = (
+                Arc::clone(&sink),
+                Arc::clone(&done),
+                Arc::clone(&failed),
+                Arc::clone(&since),
+            );
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                if e.key == "slow" && e.seq == 0 {
+                    let n = failed.fetch_add(1, SeqCst) + 1;
+                    let others = done.load(SeqCst);
+                    let mut progress = since
+                        .lock()
+                        .map_err(|_| std::io::Error::other("poisoned"))?;
+                    let now = Instant::now();
+                    let (started, seen, moved) = progress.get_or_insert((now, others, now));
+                    if *seen != others {
+                        (*seen, *moved) = (others, now);
+                    }
+                    // Three failures, then more while other keys keep moving (a broker that
+                    // holds back the failing key's partition stops them short of all).
+                    let moving = now.duration_since(*moved) < Duration::from_secs(1);
+                    let in_time = now.duration_since(*started) < Duration::from_secs(10);
+                    if n <= 3 || (others < OTHERS && moving && in_time) {
+                        return Err(std::io::Error::other("the slow key fails"));
+                    }
+                }
+                if let Ok(mut v) = sink.lock() {
+                    // Redeliveries are allowed; the count is of distinct events.
+                    let again = v.contains(&(e.key.clone(), e.seq));
+                    v.push((e.key.clone(), e.seq));
+                    if e.key != "slow" && !again {
+                        done.fetch_add(1, SeqCst);
+                    }
+                }
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+
+    let mut batch = vec![item("slow", 0)];
+    for i in 0..OTHERS {
+        batch.push(item(&format!("k{}", i % 50), i as i64));
+        match i {
+            10 => batch.push(item("slow", 1)),
+            500 => batch.push(item("slow", 2)),
+            _ => {}
+        }
+    }
+    batch.push(item("slow", 3));
+    for chunk in batch.chunks(100) {
+        bus.producer().send_batch(&topic, chunk).await?;
+    }
+    wait_until("every event handled", || {
+        seen(&log).into_iter().collect::<BTreeSet<_>>().len() >= OTHERS + 4
+    })
+    .await?;
+    handle.shutdown().await?;
+
+    let log = seen(&log);
+    let slow_at = |seq: i64| log.iter().position(|e| *e == ("slow".into(), seq));
+    let Some(slow_done) = slow_at(0) else {
+        return Err(CaseError::Fail(
+            "the failing key's event was never handled".into(),
+        ));
+    };
+    let others_before = log[..slow_done]
+        .iter()
+        .filter(|(k, _)| k != "slow")
+        .collect::<BTreeSet<_>>()
+        .len();
+    let tries = failures.load(std::sync::atomic::Ordering::SeqCst);
+    check(tries >= 4, || {
+        format!("the slow event ran {tries} times, not 3 failures and a success")
+    })?;
+    if ctx.guarantees().ack_gates_next {
+        // The broker holds back the rest of the failing key's partition until its ack; keys
+        // elsewhere must still flow.
+        check(others_before > 0, || {
+            "no other key was handled while one key was retrying".into()
+        })?;
+    } else {
+        check(others_before == OTHERS, || {
+            format!("only {others_before} of {OTHERS} events of other keys were handled while one key was retrying")
+        })?;
+    }
+    if ctx.guarantees().order_per_key {
+        let mut slow: Vec<i64> = log
+            .iter()
+            .filter(|(k, _)| k == "slow")
+            .map(|(_, s)| *s)
+            .collect();
+        // A redelivered event may come again right after itself.
+        slow.dedup();
+        check(slow == [0, 1, 2, 3], || {
+            format!("the slow key was handled as {slow:?}")
+        })?;
     }
     Ok(())
 }

@@ -54,6 +54,32 @@ pub(super) enum Fixed {
     LookupRewritten(Vec<u8>),
 }
 
+/// A CONNECT frame, as a client opens a connection with (the readiness probe's).
+pub(super) fn connect_frame() -> Vec<u8> {
+    const CLIENT: &[u8] = b"eventbus-readiness-probe";
+    // CommandConnect { client_version (1): CLIENT, protocol_version (4): 21 }
+    let mut connect = vec![0x0a];
+    put_varint(&mut connect, CLIENT.len() as u64);
+    connect.extend_from_slice(CLIENT);
+    connect.extend_from_slice(&[0x20, 21]);
+    // BaseCommand { type (1): CONNECT = 2, connect (2): … }
+    let mut command = vec![0x08, 2, 0x12];
+    put_varint(&mut command, connect.len() as u64);
+    command.extend_from_slice(&connect);
+    assemble(&command, &[])
+}
+
+/// Whether `frame` (from [`take_frame`]) is the broker's CONNECTED answer.
+pub(super) fn is_connected(frame: &[u8]) -> bool {
+    const TYPE_CONNECTED: u64 = 3;
+    let Some(size) = be_u32(frame, 4) else {
+        return false;
+    };
+    frame
+        .get(8..8 + size as usize)
+        .is_some_and(|command| command_type(command).is_ok_and(|t| t == TYPE_CONNECTED))
+}
+
 /// Removes the first complete frame from `buf`; `None` if more bytes are needed.
 pub(super) fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
     let Some(total) = be_u32(buf, 0) else {

@@ -52,6 +52,30 @@ use crate::fixture::{BrokerProcess, BrokerSpec};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const READ_CHUNK: usize = 64 * 1024;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One CONNECT through the proxy, answered with CONNECTED.
+async fn handshake(proxy: SocketAddr) -> std::result::Result<(), String> {
+    let mut stream = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&frame::connect_frame())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some(answer) = frame::take_frame(&mut buf).map_err(|e| e.to_string())? {
+            return if frame::is_connected(&answer) {
+                Ok(())
+            } else {
+                Err("the broker answered CONNECT with something else".to_owned())
+            };
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("the connection closed before CONNECTED".to_owned());
+        }
+    }
+}
 
 /// A pulsar-lite broker with the frame proxy in front: what every test of a `pulsar`-crate
 /// client against pulsar-lite needs. Clients connect to [`PulsarLite::url`]; restart the
@@ -69,7 +93,35 @@ impl PulsarLite {
     pub async fn start() -> Result<Self> {
         let broker = BrokerProcess::start(BrokerSpec::pulsar_lite()).await?;
         let proxy = PulsarFrameProxy::start(broker.addr()).await?;
-        Ok(Self { broker, proxy })
+        let lite = Self { broker, proxy };
+        lite.wait_ready().await?;
+        Ok(lite)
+    }
+
+    /// Waits until a client's handshake through the proxy is answered with CONNECTED (after a
+    /// start or a restart of `broker`). A listening port is not enough: a client that connects
+    /// a moment too early is refused for good by the `pulsar` crate ("fatal error when
+    /// connecting"), which made tests fail now and then.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let answered =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(self.proxy.addr)).await;
+            let why = match answered {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(why)) => why,
+                Err(_) => "no answer to CONNECT".to_owned(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("pulsar-lite did not answer a client's handshake within {READY_TIMEOUT:?}: {why}"),
+                )
+                .with("proxy", self.url())
+                .with("broker_log", self.broker.log_path().display()));
+            }
+            tokio::time::sleep(ACCEPT_RETRY).await;
+        }
     }
 
     /// `pulsar://127.0.0.1:PORT` of the proxy.

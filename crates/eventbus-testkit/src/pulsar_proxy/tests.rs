@@ -243,3 +243,17 @@ async fn unreachable_broker_and_drop_close_client_connections() {
     let refused = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await;
     assert!(matches!(refused, Ok(Err(_))));
 }
+
+#[test]
+fn the_readiness_probe_sends_a_connect_and_knows_connected() {
+    let mut buf = BytesMut::from(&super::frame::connect_frame()[..]);
+    let probe = take_frame(&mut buf).unwrap().unwrap();
+    assert!(buf.is_empty(), "one whole frame");
+    assert!(
+        !super::frame::is_connected(&probe),
+        "CONNECT is not CONNECTED"
+    );
+    // BaseCommand { type: CONNECTED = 3, connected (3): { server_version (1): "x" } }
+    let connected = frame(&[0x08, 3, 0x1a, 3, 0x0a, 1, b'x'], &[]);
+    assert!(super::frame::is_connected(&connected));
+}
