@@ -17,7 +17,7 @@ use std::time::Instant;
 use eventbus_core::serializer::confluent_frame;
 use eventbus_core::{Message, Subscription, Transport};
 use eventbus_kafka::KafkaSettings;
-use eventbus_testkit::bench::{env_or, print_comparison, rate};
+use eventbus_testkit::bench::{env_or, latency, print_comparison, print_latency, rate};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use futures::StreamExt;
@@ -177,4 +177,14 @@ async fn main() {
             ),
         ],
     );
+    // The whole bus, with plain Avro: the latency of the runner over this broker, not of the
+    // schema registry.
+    let bus = eventbus_core::Bus::with_transport(
+        transport.clone(),
+        eventbus_core::SerializerKind::Avro,
+        eventbus_core::BusConfig::new(),
+    );
+    let (rate_per_s, events) = (1_000, 2_000);
+    let percentiles = latency(&bus, "latency", rate_per_s, events).await;
+    print_latency("tansu", rate_per_s, events, percentiles);
 }

@@ -32,7 +32,8 @@ use eventbus_core::serializer::SerializerKind;
 use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_pulsar::{producer_options, to_pulsar, PulsarSettings};
 use eventbus_testkit::bench::{
-    consume_acking, env_or, print_comparison, print_whole_bus, rate, whole_bus,
+    consume_acking, env_or, latency, print_comparison, print_latency, print_whole_bus, rate,
+    whole_bus,
 };
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use eventbus_testkit::pulsar_proxy::PulsarLite;
@@ -235,5 +236,13 @@ async fn main() {
         ],
     );
     print_whole_bus((best[6], best[7]));
+    let (rate_per_s, events) = (1_000, 2_000);
+    let percentiles = latency(&bus, "latency", rate_per_s, events).await;
+    print_latency(
+        "pulsar-lite (through the frame proxy)",
+        rate_per_s,
+        events,
+        percentiles,
+    );
     println!("proxy: {:?}", lite.proxy.stats());
 }

@@ -20,7 +20,9 @@ use std::time::Instant;
 use eventbus_core::serializer::SerializerKind;
 use eventbus_core::{Bus, BusConfig, Message, Transport};
 use eventbus_redis::RedisSettings;
-use eventbus_testkit::bench::{consume_acking, env_or, print_comparison, rate, whole_bus};
+use eventbus_testkit::bench::{
+    consume_acking, env_or, latency, print_comparison, print_latency, rate, whole_bus,
+};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use redis::aio::MultiplexedConnection;
@@ -223,6 +225,9 @@ async fn main() {
             ),
         ],
     );
+    let (rate_per_s, events) = (1_000, 2_000);
+    let percentiles = latency(&bus, "latency", rate_per_s, events).await;
+    print_latency("redis-server", rate_per_s, events, percentiles);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

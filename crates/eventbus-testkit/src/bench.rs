@@ -108,3 +108,74 @@ pub fn print_whole_bus((published, consumed): (f64, f64)) {
         "| whole bus: consumer runner (decode, dispatch, ack; concurrency 8) | | {consumed:.0} events/s | |"
     );
 }
+
+/// Publish → handled latency below saturation: `n` Open edX logins sent one `send` at a time at
+/// `per_second`, each timed from just before its `send` to the moment the consumer runner hands
+/// it to the receiver. One event first, untimed, so that joining the group is not counted.
+/// Returns the 50th and 99th percentiles. Panics on any error: it is for benches.
+pub async fn latency(bus: &Bus, topic: &str, per_second: u32, n: usize) -> (Duration, Duration) {
+    type Sent = Arc<std::sync::Mutex<Vec<Option<Instant>>>>;
+    let sent: Sent = Arc::new(std::sync::Mutex::new(vec![None; n + 1]));
+    let took = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (sent_at, samples, count) = (sent.clone(), took.clone(), handled.clone());
+    let consumer = bus
+        .consumer(topic, "bus-latency")
+        .handle(move |e: Envelope<SessionLoginCompleted>| {
+            let now = Instant::now();
+            let seq = usize::try_from(e.user.id).unwrap_or(0);
+            let started = sent_at
+                .lock()
+                .ok()
+                .and_then(|s| s.get(seq).copied().flatten());
+            if let (Some(started), Ok(mut samples)) = (started, samples.lock()) {
+                samples.push(now - started);
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, std::io::Error>(()) }
+        })
+        .start()
+        .await
+        .expect("start consumer");
+    let send = |seq: usize| {
+        let mut event = sample_login();
+        event.user.id = seq as i64;
+        event
+    };
+    // The warm-up event (sequence 0, untimed).
+    bus.producer().send(topic, &send(0)).await.expect("send");
+    while handled.load(Ordering::Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second.max(1));
+    for seq in 1..=n {
+        tick.tick().await;
+        if let Ok(mut s) = sent.lock() {
+            s[seq] = Some(Instant::now());
+        }
+        bus.producer().send(topic, &send(seq)).await.expect("send");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.load(Ordering::Relaxed) < n + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    consumer.shutdown().await.expect("shutdown");
+    let mut samples = took.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        samples.len() >= n,
+        "only {} of {n} events handled",
+        samples.len()
+    );
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+/// Prints a [`latency`] result as a line of its own.
+pub fn print_latency(backend: &str, per_second: u32, n: usize, (p50, p99): (Duration, Duration)) {
+    println!(
+        "latency on {backend}: {n} events at {per_second}/s, publish → handled p50 {:.2} ms, p99 {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+}
