@@ -104,8 +104,8 @@ impl EventMetadata {
     pub fn write_headers(&self, headers: &mut Headers) {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = self.id.hyphenated().encode_lower(&mut id);
-        let content_type = Bytes::copy_from_slice(self.content_type.as_bytes());
-        headers.insert_static(header::ID, Bytes::copy_from_slice(id.as_bytes()));
+        let content_type = copied(&self.content_type);
+        headers.insert_static(header::ID, copied(id));
         headers.insert_static(header::TYPE, copied(&self.event_type));
         headers.insert_static(header::SOURCE, copied(&self.source));
         headers.insert_static(header::SPEC_VERSION, copied(&self.spec_version));

@@ -3,8 +3,8 @@
 //! On start it takes back the entries its own consumer name left pending (a restart with a
 //! stable name). Then it alternates blocking reads of new entries with, every claim interval,
 //! taking over entries other members left unacknowledged for longer than the claim idle time
-//! (members that died). Acknowledging is `XACK`, batched by the core's `AckBatcher`; a nack leaves the entry pending and claims it
-//! back after the delay, which counts one more delivery.
+//! (members that died). Acknowledging is `XACK`, batched by the core's `AckBatcher`; a nack
+//! leaves the entry pending and claims it back after the delay, which counts one more delivery.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
