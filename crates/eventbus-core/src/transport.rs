@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub mod ack_batch;
 pub mod departures;
+pub mod window;
 
 /// Message headers: ordered name/value pairs. Names are text; values are bytes, so a binary
 /// value survives every backend unchanged (the CloudEvents attributes are UTF-8 text). A name may
@@ -46,10 +47,12 @@ const KNOWN_NAMES: &[&str] = &[
     "tracestate",
 ];
 
-fn header_name(name: String) -> Cow<'static, str> {
-    match KNOWN_NAMES.iter().find(|known| **known == name) {
+/// A known name is looked up before anything is allocated: a backend reading a header name
+/// from its wire (`&str`) allocates only for the names eventbus does not know.
+fn header_name<N: AsRef<str> + Into<String>>(name: N) -> Cow<'static, str> {
+    match KNOWN_NAMES.iter().find(|known| **known == name.as_ref()) {
         Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(name),
+        None => Cow::Owned(name.into()),
     }
 }
 
@@ -88,8 +91,8 @@ impl Headers {
     }
 
     /// Sets `name` to `value`, removing earlier values of `name`.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
-        let name = header_name(name.into());
+    pub fn insert(&mut self, name: impl AsRef<str> + Into<String>, value: impl AsRef<[u8]>) {
+        let name = header_name(name);
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, Bytes::copy_from_slice(value.as_ref())));
     }
@@ -102,11 +105,9 @@ impl Headers {
     }
 
     /// Adds a value of `name`, keeping earlier ones.
-    pub fn append(&mut self, name: impl Into<String>, value: impl AsRef<[u8]>) {
-        self.0.push((
-            header_name(name.into()),
-            Bytes::copy_from_slice(value.as_ref()),
-        ));
+    pub fn append(&mut self, name: impl AsRef<str> + Into<String>, value: impl AsRef<[u8]>) {
+        self.0
+            .push((header_name(name), Bytes::copy_from_slice(value.as_ref())));
     }
 
     /// Removes every value of `name`.
@@ -130,11 +131,11 @@ impl Headers {
     }
 }
 
-impl<N: Into<String>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
+impl<N: AsRef<str> + Into<String>, V: AsRef<[u8]>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Self(
             iter.into_iter()
-                .map(|(n, v)| (header_name(n.into()), Bytes::copy_from_slice(v.as_ref())))
+                .map(|(n, v)| (header_name(n), Bytes::copy_from_slice(v.as_ref())))
                 .collect(),
         )
     }

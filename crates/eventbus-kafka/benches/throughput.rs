@@ -1,28 +1,36 @@
 //! Publish and consume+commit throughput through eventbus against raw `rdkafka` doing the same
-//! work, on the same tansu broker, in the same run.
+//! work, on the same broker, in the same run.
 //!
 //! ```text
-//! cargo bench -p eventbus-kafka --bench throughput
+//! cargo bench -p eventbus-kafka --bench throughput                          # tansu
+//! EVENTBUS_BENCH_BROKER=mock cargo bench -p eventbus-kafka --bench throughput  # MockCluster
 //! ```
 //!
-//! Both producers are idempotent with `linger.ms=5` and enqueue batches of 100 messages (an
-//! Open edX login event: ten CloudEvents headers and a Confluent-framed Avro value), then await
-//! every acknowledgement. Both consumers join a new group on a 4-partition topic, read from the
+//! The broker is tansu 0.6 (a separate process, in-memory storage) or librdkafka's in-process
+//! `MockCluster`, which answers faster than a client can ask and so shows the client's own cost.
+//! Both producers are idempotent with `linger.ms=5` and enqueue batches of 100 messages (the
+//! Open edX login's ten CloudEvents headers, 64 keys, a payload of `EVENTBUS_BENCH_BYTES`,
+//! default 512 on the mock and the 40-byte Confluent-framed login on tansu), then await every
+//! acknowledgement. Both consumers join a new group on a 4-partition topic, read from the
 //! beginning, store each message's offset after handling it and let auto-commit send them.
-//! Rounds alternate raw and eventbus; the best round of each counts.
+//! Rounds alternate which side goes first; the best round of each counts.
 //! `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale it.
 
 use std::time::Instant;
 
 use eventbus_core::serializer::confluent_frame;
-use eventbus_core::{Message, Subscription, Transport};
+use eventbus_core::{Message, Transport};
 use eventbus_kafka::KafkaSettings;
-use eventbus_testkit::bench::{env_or, latency, print_comparison, print_latency, rate};
+use eventbus_testkit::bench::{
+    consume_acking, env_or, latency, print_comparison, print_latency, print_whole_bus, rate,
+    whole_bus,
+};
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
-use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -86,16 +94,57 @@ async fn raw_consume(bootstrap: &str, topic: &str, n: usize) {
         .expect("commit");
 }
 
+/// The eventbus side acknowledges each delivery, with up to eight acknowledgements on their way
+/// (the transport hands out a partition's next message once the previous one is acknowledged).
 async fn bus_consume(transport: &Transport, topic: &str, n: usize) {
-    let mut deliveries = transport
-        .subscriber
-        .subscribe(Subscription::new(topic, format!("bus-{topic}"), "c"))
-        .await
-        .expect("subscribe");
-    for _ in 0..n {
-        let d = deliveries.next().await.expect("open").expect("delivery");
-        std::hint::black_box(&d.message.payload);
-        d.ack().await.expect("ack");
+    consume_acking(transport, topic, &format!("bus-{topic}"), n, 8).await;
+}
+
+/// The broker of this run.
+enum Broker {
+    Tansu(BrokerProcess),
+    Mock(MockCluster<'static, DefaultProducerContext>),
+}
+
+impl Broker {
+    async fn start() -> Self {
+        match std::env::var("EVENTBUS_BENCH_BROKER").as_deref() {
+            Ok("mock") => Broker::Mock(MockCluster::new(1).expect("mock cluster")),
+            Ok("tansu") | Err(_) => Broker::Tansu(
+                BrokerProcess::start(BrokerSpec::tansu())
+                    .await
+                    .expect("start tansu"),
+            ),
+            Ok(other) => panic!("EVENTBUS_BENCH_BROKER is tansu or mock, not {other}"),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::Tansu(process) => process.addr(),
+            Broker::Mock(cluster) => cluster.bootstrap_servers(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Tansu(_) => "tansu 0.6.0 on loopback",
+            Broker::Mock(_) => "librdkafka MockCluster (in process)",
+        }
+    }
+
+    /// Creates `topic` before the clock starts (the mock has no CreateTopics).
+    async fn create(&self, transport: &Transport, topic: &str) {
+        match self {
+            Broker::Tansu(_) => {
+                transport
+                    .publisher
+                    .publish(topic, vec![])
+                    .await
+                    .expect("create");
+            }
+            Broker::Mock(cluster) => cluster.create_topic(topic, PARTITIONS, 1).expect("create"),
+        }
     }
 }
 
@@ -103,16 +152,18 @@ async fn bus_consume(transport: &Transport, topic: &str, n: usize) {
 async fn main() {
     let n = env_or("EVENTBUS_BENCH_MESSAGES", 20_000) / BATCH * BATCH;
     let rounds = env_or("EVENTBUS_BENCH_ROUNDS", 3);
-    let broker = BrokerProcess::start(BrokerSpec::tansu())
-        .await
-        .expect("start tansu");
-    let bootstrap = broker.addr();
+    let broker = Broker::start().await;
+    let mock = matches!(broker, Broker::Mock(_));
+    let bootstrap = broker.bootstrap();
     let mut settings = KafkaSettings::new(&bootstrap);
     settings.topic_partitions = PARTITIONS;
-    // tansu 0.6 cannot fetch from inside a record batch, which is where a paused partition
-    // resumes; with a buffer as large as the run, no partition is ever paused (neither is the
-    // raw consumer's). Against Apache Kafka the default buffer is fine.
-    settings.partition_buffer = 1_000_000;
+    settings.create_topics = !mock;
+    if !mock {
+        // tansu 0.6 cannot fetch from inside a record batch, which is where a paused partition
+        // resumes; with a buffer as large as the run, no partition is ever paused (neither is
+        // the raw consumer's). Against Apache Kafka and the mock the default buffer is fine.
+        settings.partition_buffer = 1_000_000;
+    }
     let transport = eventbus_kafka::connect(settings).await.expect("connect");
     let raw_producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -120,46 +171,59 @@ async fn main() {
         .set("linger.ms", "5")
         .create()
         .expect("raw producer");
-    let message = Message {
-        key: Some("7".into()),
-        ..sample_login_message(confluent_frame(1, SAMPLE_LOGIN_DATUM))
-    };
+    let mut payload = confluent_frame(1, SAMPLE_LOGIN_DATUM);
+    payload.resize(
+        env_or("EVENTBUS_BENCH_BYTES", if mock { 512 } else { 0 }).max(payload.len()),
+        0,
+    );
+    let message = sample_login_message(payload);
     let batches = || -> Vec<Vec<Message>> {
         (0..n / BATCH)
-            .map(|_| vec![message.clone(); BATCH])
+            .map(|b| {
+                (0..BATCH)
+                    .map(|i| Message {
+                        key: Some(((b * BATCH + i) % 64).to_string().into()),
+                        ..message.clone()
+                    })
+                    .collect()
+            })
             .collect()
     };
 
     let mut best = [0f64; 4];
     for round in 0..rounds {
         let (raw_topic, bus_topic) = (format!("raw-{round}"), format!("bus-{round}"));
-        // Both topics exist before the clock starts; only eventbus creates topics itself.
         for topic in [&raw_topic, &bus_topic] {
-            transport
-                .publisher
-                .publish(topic, vec![])
-                .await
-                .expect("create");
+            broker.create(&transport, topic).await;
         }
         let (for_raw, for_bus) = (batches(), batches());
-        let t = Instant::now();
-        raw_publish(&raw_producer, &raw_topic, for_raw).await;
-        eprintln!("round {round}: raw publish done");
-        best[0] = best[0].max(rate(n, t.elapsed()));
-        let t = Instant::now();
-        bus_publish(&transport, &bus_topic, for_bus).await;
-        eprintln!("round {round}: eventbus publish done");
-        best[1] = best[1].max(rate(n, t.elapsed()));
-        let t = Instant::now();
-        raw_consume(&bootstrap, &raw_topic, n).await;
-        eprintln!("round {round}: raw consume done");
-        best[2] = best[2].max(rate(n, t.elapsed()));
-        let t = Instant::now();
-        bus_consume(&transport, &bus_topic, n).await;
-        best[3] = best[3].max(rate(n, t.elapsed()));
+        let raw_first = round % 2 == 0;
+        for side in [raw_first, !raw_first] {
+            let t = Instant::now();
+            if side {
+                raw_publish(&raw_producer, &raw_topic, for_raw.clone()).await;
+                best[0] = best[0].max(rate(n, t.elapsed()));
+            } else {
+                bus_publish(&transport, &bus_topic, for_bus.clone()).await;
+                best[1] = best[1].max(rate(n, t.elapsed()));
+            }
+        }
+        eprintln!("round {round}: published");
+        for side in [raw_first, !raw_first] {
+            let t = Instant::now();
+            if side {
+                raw_consume(&bootstrap, &raw_topic, n).await;
+                best[2] = best[2].max(rate(n, t.elapsed()));
+            } else {
+                bus_consume(&transport, &bus_topic, n).await;
+                best[3] = best[3].max(rate(n, t.elapsed()));
+            }
+        }
+        eprintln!("round {round}: consumed");
     }
     println!(
-        "tansu 0.6.0 on loopback, {n} messages of {} bytes per round, {PARTITIONS} partitions, best of {rounds} rounds",
+        "{}, {n} messages of {} bytes per round, {PARTITIONS} partitions, best of {rounds} rounds",
+        broker.name(),
         message.payload.len()
     );
     print_comparison(
@@ -177,14 +241,16 @@ async fn main() {
             ),
         ],
     );
-    // The whole bus, with plain Avro: the latency of the runner over this broker, not of the
-    // schema registry.
+    // The whole bus, with plain Avro: the runner over this broker, not the schema registry.
     let bus = eventbus_core::Bus::with_transport(
         transport.clone(),
         eventbus_core::SerializerKind::Avro,
         eventbus_core::BusConfig::new(),
     );
+    broker.create(&transport, "whole-bus").await;
+    print_whole_bus(whole_bus(&bus, "whole-bus", n, BATCH).await);
+    broker.create(&transport, "latency").await;
     let (rate_per_s, events) = (1_000, 2_000);
     let percentiles = latency(&bus, "latency", rate_per_s, events).await;
-    print_latency("tansu", rate_per_s, events, percentiles);
+    print_latency(broker.name(), rate_per_s, events, percentiles);
 }

@@ -67,17 +67,18 @@ impl KafkaPublisher {
                 value: Some(value),
             });
         }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(&message.payload[..])
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(&key[..]);
+        }
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-                .payload(&message.payload[..])
-                .headers(headers.clone());
-            if let Some(key) = &message.key {
-                record = record.key(&key[..]);
-            }
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The local queue drains as the brokers acknowledge; wait for room.
+                    record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => {

@@ -29,6 +29,11 @@ pub(crate) trait Route: Send + Sync {
         delivery: &Arc<DeliveryInfo>,
         metadata: EventMetadata,
     ) -> Result<Box<dyn Call>>;
+
+    /// The most events one call of the receiver takes (batch receivers); 1 for the others.
+    fn batch_size(&self) -> usize {
+        1
+    }
 }
 
 /// A decoded event bound to its receivers.
@@ -221,7 +226,7 @@ async fn settle_call(
     }
 }
 
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

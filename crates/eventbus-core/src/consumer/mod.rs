@@ -4,6 +4,7 @@
 //! default [`ConsumerStack`]; the runner keeps bounded concurrency with per-key order and
 //! graceful shutdown. Backends hold none of this.
 
+pub mod batch;
 pub(crate) mod context;
 pub mod dead_letter;
 pub(crate) mod dispatch;
@@ -33,6 +34,8 @@ use crate::telemetry::{MetricsLayer, TracingLayer};
 use crate::transport::ack_batch::AckBatching;
 use crate::transport::{StartPosition, Subscriber, Transport};
 
+use self::batch::BatchRoute;
+pub use self::batch::{BatchError, BatchReceiver};
 pub use self::context::{Context, DeliveryInfo};
 pub use self::dead_letter::{DeadLetterLayer, Reason};
 use self::dispatch::{Dispatcher, EventRoute, RawDispatcher, Route};
@@ -283,6 +286,42 @@ impl Consumer {
         self
     }
 
+    /// Handles events of type `E` in batches: `receiver` gets up to `max_size` events at a time
+    /// (at least 1), gathered for at most `max_wait` after the first. Every event still passes
+    /// the layer stack on its own; a [`BatchError`] retries or dead-letters the events it names
+    /// (or the whole batch), the others are acknowledged. A batch holds at most one event per
+    /// key, so order per key is kept. Since a batch gathers events in flight together, the
+    /// consumer's concurrency is raised to `max_size` when it is lower. One route per type, as
+    /// with [`Consumer::handle`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use eventbus_core::{Envelope, Event};
+    /// # use eventbus_core::consumer::BatchError;
+    /// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+    /// # #[event(type = "org.example.batch.row.v1")]
+    /// # struct Row { id: i64 }
+    /// # fn demo(consumer: eventbus_core::Consumer) -> eventbus_core::Consumer {
+    /// consumer.handle_batch(500, Duration::from_millis(20), |rows: Vec<Envelope<Row>>| async move {
+    ///     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    ///     // write all rows in one statement; `?` on its error retries the whole batch
+    ///     # let _ = ids;
+    ///     Ok::<_, BatchError>(())
+    /// })
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn handle_batch<E: Event>(
+        mut self,
+        max_size: usize,
+        max_wait: Duration,
+        receiver: impl BatchReceiver<E> + 'static,
+    ) -> Self {
+        let route = BatchRoute::<E>::new(Arc::new(receiver), max_size, max_wait);
+        self.route(E::EVENT_TYPE, Arc::new(route));
+        self
+    }
+
     /// Dispatches events of type `E` to the receivers connected to `E::signal()`.
     #[must_use]
     pub fn signal<E: Event>(mut self) -> Self {
@@ -359,6 +398,13 @@ impl Consumer {
             .with("event_type", event_type)
             .with("group", &self.group));
         }
+        // A batch gathers only events that are in flight together.
+        let batch = self
+            .routes
+            .values()
+            .map(|r| r.batch_size())
+            .max()
+            .unwrap_or(1);
         let handler: Box<dyn Handler> = match self.raw {
             Some(_) if !self.routes.is_empty() => {
                 return Err(Error::new(
@@ -382,7 +428,12 @@ impl Consumer {
                 })
             }
         };
-        let mut stack = ConsumerStack::defaults(&self.settings);
+        let mut settings = self.settings;
+        if settings.concurrency < batch {
+            tracing::debug!(group = %self.group, from = settings.concurrency, to = batch, "concurrency raised to the largest batch size");
+            settings.concurrency = batch;
+        }
+        let mut stack = ConsumerStack::defaults(&settings);
         for edit in self.edits {
             edit(&mut stack).map_err(|e| e.with("group", &self.group))?;
         }
@@ -398,7 +449,7 @@ impl Consumer {
             topics,
             self.backend,
             self.producer,
-            self.settings.consecutive_error_limit,
+            settings.consecutive_error_limit,
         ));
         Ok(Parts {
             subscriber: self.subscriber,
@@ -409,7 +460,7 @@ impl Consumer {
             layer_names,
             handler,
             start: self.start,
-            settings: self.settings,
+            settings,
         })
     }
 }

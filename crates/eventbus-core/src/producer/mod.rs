@@ -92,7 +92,7 @@ impl SendOptions {
     /// `sourcelib`) are the producer's own; `send_with` refuses them.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
-        self.headers.append(name, value);
+        self.headers.append(name.into(), value);
         self
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
+use eventbus_core::transport::window::PartitionWindow;
 use eventbus_core::{Error, ErrorKind, Message, Position, Result, StartPosition};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -59,14 +60,45 @@ struct Member {
     wake: Arc<Notify>,
 }
 
-/// Where a group stands in one partition. At most one message is in flight, so the next one of
-/// the partition waits for its ack: that is what keeps per-key order across nacks.
-#[derive(Default)]
+/// Messages of one partition a group may have out at once (per-key order still holds: a key's
+/// next message waits for the ack of its previous one).
+const WINDOW: usize = 1024;
+
+/// Where a group stands in one partition: its committed offset, how far it has read, and the
+/// window of messages read since the commit. One member owns a partition's window at a time; a
+/// new owner starts again from the committed offset, so what was out is delivered again.
 struct Cursor {
-    next: usize,
+    committed: usize,
+    read: usize,
+    owner: Option<u64>,
+    window: PartitionWindow<Handed>,
+}
+
+impl Cursor {
+    fn at(offset: usize) -> Self {
+        Self {
+            committed: offset,
+            read: offset,
+            owner: None,
+            window: PartitionWindow::new(WINDOW),
+        }
+    }
+
+    /// Hands the partition to `member`, starting again from the commit if it had another owner.
+    fn own(&mut self, member: u64) {
+        if self.owner != Some(member) {
+            self.owner = Some(member);
+            self.window.clear();
+            self.read = self.committed;
+        }
+    }
+}
+
+/// A message of the window: how often it was handed out, and when a nacked one is due again.
+#[derive(Default)]
+struct Handed {
     attempt: u32,
-    in_flight: Option<u64>,
-    not_before: Option<Instant>,
+    nacked_until: Option<Instant>,
 }
 
 /// One message handed to a member.
@@ -219,12 +251,7 @@ impl Topic {
         if !exists || start.is_some() {
             let start = start.cloned().unwrap_or(StartPosition::Earliest);
             let cursors = (0..state.log.len())
-                .map(|p| {
-                    state.start_offset(p, &start).map(|next| Cursor {
-                        next,
-                        ..Cursor::default()
-                    })
-                })
+                .map(|p| state.start_offset(p, &start).map(Cursor::at))
                 .collect::<Result<Vec<_>>>()?;
             let entry = state
                 .groups
@@ -247,15 +274,16 @@ impl Topic {
         let mut state = lock(&self.state);
         if let Some(g) = state.groups.get_mut(group) {
             g.members.retain(|m| m.id != member);
-            for c in g.cursors.iter_mut().filter(|c| c.in_flight == Some(member)) {
-                c.in_flight = None;
+            for c in g.cursors.iter_mut().filter(|c| c.owner == Some(member)) {
+                c.owner = None;
             }
             g.wake_all();
         }
     }
 
     /// The next message for `member`: from the partitions assigned to it (partition p goes to
-    /// the member at index p mod n, in join order), whose cursor has nothing in flight.
+    /// the member at index p mod n, in join order), a nacked one that is due first, then the
+    /// oldest whose key has nothing out.
     pub(crate) fn poll(&self, group: &str, member: u64, rotate: usize) -> Poll {
         let mut state = lock(&self.state);
         let TopicState { log, groups, .. } = &mut *state;
@@ -275,26 +303,36 @@ impl Topic {
                 continue;
             }
             let cursor = &mut g.cursors[p];
-            if cursor.in_flight.is_some() || cursor.next >= log[p].len() {
-                continue;
-            }
-            if let Some(at) = cursor.not_before {
-                if at > now {
-                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                    continue;
+            cursor.own(member);
+            let log = &log[p];
+            let handout = |offset: i64, handed: &mut Handed| {
+                handed.attempt += 1;
+                handed.nacked_until = None;
+                let stored = &log[offset as usize];
+                Poll::Ready(Handout {
+                    message: stored.message.clone(),
+                    partition: p,
+                    offset: offset as usize,
+                    attempt: handed.attempt,
+                    time: stored.time,
+                })
+            };
+            for (offset, handed) in cursor.window.iter_out_mut() {
+                match handed.nacked_until {
+                    Some(at) if at <= now => return handout(offset, handed),
+                    Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
+                    None => {}
                 }
             }
-            let stored = &log[p][cursor.next];
-            cursor.in_flight = Some(member);
-            cursor.attempt += 1;
-            cursor.not_before = None;
-            return Poll::Ready(Handout {
-                message: stored.message.clone(),
-                partition: p,
-                offset: cursor.next,
-                attempt: cursor.attempt,
-                time: stored.time,
-            });
+            while cursor.window.has_room() && cursor.read < log.len() {
+                let offset = cursor.read;
+                let key = log[offset].message.key.as_deref();
+                cursor.window.push(offset as i64, key, Handed::default());
+                cursor.read += 1;
+            }
+            if let Some((offset, handed)) = cursor.window.next_ready() {
+                return handout(offset, handed);
+            }
         }
         Poll::Wait(earliest)
     }
@@ -316,18 +354,24 @@ impl Topic {
         let cursor = g
             .cursors
             .get_mut(partition)
+            .filter(|c| c.owner == Some(member))
             .ok_or_else(|| stale(group, partition, offset))?;
-        if cursor.in_flight != Some(member) || cursor.next != offset {
-            return Err(stale(group, partition, offset));
-        }
-        cursor.in_flight = None;
+        let out = cursor
+            .window
+            .out_mut(offset as i64)
+            .filter(|h| h.nacked_until.is_none())
+            .ok_or_else(|| stale(group, partition, offset))?;
         match nack {
             None => {
-                cursor.next += 1;
-                cursor.attempt = 0;
-                cursor.not_before = None;
+                let committed = cursor
+                    .window
+                    .ack(offset as i64)
+                    .map_err(|_| stale(group, partition, offset))?;
+                if let Some(next) = committed {
+                    cursor.committed = next as usize;
+                }
             }
-            Some(delay) => cursor.not_before = Some(Instant::now() + delay),
+            Some(delay) => out.nacked_until = Some(Instant::now() + delay),
         }
         g.wake_all();
         Ok(())

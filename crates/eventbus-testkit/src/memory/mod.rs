@@ -1,9 +1,10 @@
 //! The in-memory backend (`memory://`, name `memory`): the embedded default.
 //!
 //! Topics keep their whole history in partitions (a key always lands in the same partition).
-//! A consumer group has one cursor per partition and at most one message of a partition in flight,
-//! so per-key order holds even across nacks; members of a group split the partitions between
-//! them. Brokers are named by the URL's host (`memory://orders`), live for the whole process and
+//! A consumer group has one cursor per partition; many messages of a partition may be out at
+//! once, but a key's next message only after the previous one's ack, so per-key order holds even
+//! across nacks while other keys flow (`eventbus_core::transport::window`); members of a group
+//! split the partitions between them. Brokers are named by the URL's host (`memory://orders`), live for the whole process and
 //! are shared by every connection with the same name; `memory://` is the broker named `default`.
 //! `?partitions=N` (default 8) applies when a broker is first created.
 

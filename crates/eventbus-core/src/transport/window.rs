@@ -1,0 +1,231 @@
+//! Many messages of one partition out at once, for backends whose broker tracks a partition
+//! by a committed offset (Kafka, the memory backend): a key's next message is handed out only
+//! once the previous one is acknowledged, other keys of the partition flow meanwhile, and the
+//! offset to commit is the end of the acknowledged prefix, so nothing unacknowledged is ever
+//! skipped by a restart or a new owner of the partition.
+//!
+//! Without it such a backend holds a whole partition back until each ack, and a slow or
+//! retrying key stalls every key that shares its partition. A nacked message stays out (its key
+//! busy) until the backend hands it out again and it is acknowledged.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A key as the window tells keys apart: FNV-1a of its bytes. Keys that share a hash are merely
+/// handed out one after the other.
+fn key_id(key: &[u8]) -> u64 {
+    key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Read, waiting for its key (or a place in the ready line).
+    Held,
+    /// Handed out, not yet acknowledged (nacked ones too, until handed out again).
+    Out,
+    /// Acknowledged, but an earlier offset is not: not committable yet.
+    Acked,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    key: Option<u64>,
+    state: State,
+    item: T,
+}
+
+/// One partition's messages from the committed offset on: held, out and acknowledged.
+#[derive(Debug)]
+pub struct PartitionWindow<T> {
+    slots: BTreeMap<i64, Slot<T>>,
+    /// Keys with a message out, each with the offsets of its later messages.
+    busy: HashMap<u64, VecDeque<i64>>,
+    /// Offsets that may be handed out now, oldest first.
+    ready: VecDeque<i64>,
+    limit: usize,
+}
+
+/// An acknowledgement of an offset the window does not have out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotOut(pub i64);
+
+impl<T> PartitionWindow<T> {
+    /// An empty window holding at most `limit` messages (at least 1) before [`has_room`] says
+    /// to stop reading.
+    ///
+    /// [`has_room`]: PartitionWindow::has_room
+    pub fn new(limit: usize) -> Self {
+        Self {
+            slots: BTreeMap::new(),
+            busy: HashMap::new(),
+            ready: VecDeque::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    /// Takes the next message read from the partition; offsets must come in increasing order.
+    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, item: T) {
+        let key = key.map(key_id);
+        self.slots.insert(
+            offset,
+            Slot {
+                key,
+                state: State::Held,
+                item,
+            },
+        );
+        match key {
+            Some(k) => match self.busy.get_mut(&k) {
+                Some(behind) => behind.push_back(offset),
+                None => {
+                    self.busy.insert(k, VecDeque::new());
+                    self.ready.push_back(offset);
+                }
+            },
+            None => self.ready.push_back(offset),
+        }
+    }
+
+    /// Whether the backend may read more of the partition (fewer than the limit held).
+    pub fn has_room(&self) -> bool {
+        self.slots.len() < self.limit
+    }
+
+    /// Messages in the window: held, out, or acknowledged after an unacknowledged one.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the window holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The oldest message that may be handed out now (its key has nothing out), marked out.
+    pub fn next_ready(&mut self) -> Option<(i64, &mut T)> {
+        let offset = self.ready.pop_front()?;
+        let slot = self.slots.get_mut(&offset)?;
+        slot.state = State::Out;
+        Some((offset, &mut slot.item))
+    }
+
+    /// A message that is out, to hand it out again after a nack.
+    pub fn out_mut(&mut self, offset: i64) -> Option<&mut T> {
+        self.slots
+            .get_mut(&offset)
+            .filter(|s| s.state == State::Out)
+            .map(|s| &mut s.item)
+    }
+
+    /// The messages out, oldest first (a backend looks for nacked ones that are due).
+    pub fn iter_out_mut(&mut self) -> impl Iterator<Item = (i64, &mut T)> {
+        self.slots
+            .iter_mut()
+            .filter(|(_, s)| s.state == State::Out)
+            .map(|(o, s)| (*o, &mut s.item))
+    }
+
+    /// Acknowledges `offset`: its key's next message becomes ready. Returns the offset to commit
+    /// (the next one to read after the acknowledged prefix) when that prefix grew.
+    pub fn ack(&mut self, offset: i64) -> Result<Option<i64>, NotOut> {
+        let slot = self
+            .slots
+            .get_mut(&offset)
+            .filter(|s| s.state == State::Out)
+            .ok_or(NotOut(offset))?;
+        slot.state = State::Acked;
+        if let Some(k) = slot.key {
+            match self.busy.get_mut(&k).and_then(VecDeque::pop_front) {
+                Some(next) => self.ready.push_back(next),
+                None => {
+                    self.busy.remove(&k);
+                }
+            }
+        }
+        let mut commit = None;
+        while let Some(entry) = self.slots.first_entry() {
+            if entry.get().state != State::Acked {
+                break;
+            }
+            commit = Some(*entry.key() + 1);
+            entry.remove();
+        }
+        Ok(commit)
+    }
+
+    /// Forgets everything (the partition was revoked, or its owner changed).
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.busy.clear();
+        self.ready.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(keys: &[&str]) -> PartitionWindow<&'static str> {
+        let mut w = PartitionWindow::new(100);
+        for (offset, key) in keys.iter().enumerate() {
+            let key = (!key.is_empty()).then_some(key.as_bytes());
+            w.push(offset as i64, key, "m");
+        }
+        w
+    }
+
+    fn ready(w: &mut PartitionWindow<&'static str>) -> Vec<i64> {
+        std::iter::from_fn(|| w.next_ready().map(|(o, _)| o)).collect()
+    }
+
+    #[test]
+    fn a_key_waits_for_its_ack_and_other_keys_flow() {
+        let mut w = window(&["a", "a", "b", "", "a", "b"]);
+        assert_eq!(ready(&mut w), [0, 2, 3]);
+        // b and the keyless message are acked while a's first is still out (retrying, say):
+        // b's next goes out, and nothing is committable, since offset 0 is not acked.
+        assert_eq!(w.ack(2), Ok(None));
+        assert_eq!(w.ack(3), Ok(None));
+        assert_eq!(ready(&mut w), [5]);
+        assert_eq!(w.ack(0), Ok(Some(1)));
+        assert_eq!(ready(&mut w), [1]);
+        assert_eq!(w.ack(1), Ok(Some(4)), "2 and 3 were acked already");
+        assert_eq!(ready(&mut w), [4]);
+        assert_eq!(w.ack(5), Ok(None));
+        assert_eq!(w.ack(4), Ok(Some(6)));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn acks_of_what_is_not_out_are_refused() {
+        let mut w = window(&["a", "a"]);
+        assert_eq!(w.ack(1), Err(NotOut(1)), "held, not out");
+        assert_eq!(ready(&mut w), [0]);
+        assert_eq!(w.ack(0), Ok(Some(1)));
+        assert_eq!(w.ack(0), Err(NotOut(0)), "acked twice");
+        assert!(w.out_mut(1).is_none());
+        assert_eq!(ready(&mut w), [1]);
+        assert!(w.out_mut(1).is_some(), "out, so it can be handed out again");
+    }
+
+    #[test]
+    fn room_counts_everything_from_the_commit_point() {
+        let mut w = PartitionWindow::new(2);
+        w.push(0, Some(b"a"), ());
+        assert!(w.has_room());
+        w.push(1, Some(b"b"), ());
+        assert!(!w.has_room());
+        assert_eq!(ready_unit(&mut w), [0, 1]);
+        assert_eq!(w.ack(1), Ok(None));
+        assert!(!w.has_room(), "1 is acked but 0 is not: both still count");
+        assert_eq!(w.ack(0), Ok(Some(2)));
+        assert!(w.has_room());
+        w.clear();
+        assert!(w.is_empty());
+    }
+
+    fn ready_unit(w: &mut PartitionWindow<()>) -> Vec<i64> {
+        std::iter::from_fn(|| w.next_ready().map(|(o, _)| o)).collect()
+    }
+}
