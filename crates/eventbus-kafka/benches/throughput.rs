@@ -158,7 +158,7 @@ async fn main() {
     let mut settings = KafkaSettings::new(&bootstrap);
     settings.topic_partitions = PARTITIONS;
     settings.create_topics = !mock;
-    if !mock {
+    if !mock || std::env::var_os("EVENTBUS_BENCH_NO_PAUSE").is_some() {
         // tansu 0.6 cannot fetch from inside a record batch, which is where a paused partition
         // resumes; with a buffer as large as the run, no partition is ever paused (neither is
         // the raw consumer's). Against Apache Kafka and the mock the default buffer is fine.

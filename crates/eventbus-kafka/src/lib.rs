@@ -35,11 +35,13 @@
 //! - **Consuming.** A group consumer per subscription. Offsets are stored only after a message
 //!   was acknowledged (`enable.auto.offset.store=false`) and committed every second, before
 //!   partitions are revoked, and on close, so a rebalance never skips an unacknowledged message
-//!   (it may repeat one). One message per partition is out at a time: order per partition, and
-//!   so per key, with concurrency across partitions. An ack that comes after its partition was
+//!   (it may repeat one). Many messages of a partition are out at once, but a key's next one
+//!   only after the previous one's ack: order per key with concurrency across keys, and the
+//!   offset stored is always the end of the acknowledged prefix. An ack that comes after its partition was
 //!   revoked fails with `ErrorKind::Reassigned`: the next owner reads the message again from the
 //!   last commit (at-least-once). A nack hands the same message out again
-//!   after its delay. A partition whose buffer fills (`EVENT_BUS_KAFKA_PARTITION_BUFFER`) is
+//!   after its delay, its key still held. A partition whose window fills
+//!   (`EVENT_BUS_KAFKA_PARTITION_BUFFER`, counted from the stored offset) is
 //!   paused, never the poll loop, so the group session does not starve.
 //! - **Leaving and joining.** Dropping a stream returns at once; its consumer commits, leaves
 //!   the group and closes in the background. A `subscribe` to the same group in the same

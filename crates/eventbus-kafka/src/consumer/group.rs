@@ -7,16 +7,17 @@
 //! is lost and nothing unacknowledged is skipped by the next owner.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use eventbus_core::StartPosition;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// A partition of a topic.
 pub(crate) type Partition = (String, i32);
@@ -33,8 +34,25 @@ pub(crate) struct GroupContext {
     not_before: Mutex<std::collections::HashMap<Partition, i64>>,
     /// Partitions revoked since the worker last looked.
     revoked: Mutex<Vec<Partition>>,
+    /// The consumer itself, to give each assigned partition a queue of its own.
+    consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
+    /// Queues of partitions assigned since the worker last looked.
+    assigned: Assigned,
+    /// Wakes the worker when a queue has something.
+    wake: Arc<Notify>,
     /// Becomes true at the first assignment, even an empty one.
     joined: watch::Sender<bool>,
+}
+
+/// Partition queues on their way from the rebalance callback to the worker.
+#[derive(Default)]
+struct Assigned(Mutex<Vec<(Partition, PartitionQueue<GroupContext>)>>);
+
+impl std::fmt::Debug for Assigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let queued = self.0.lock().map(|q| q.len()).unwrap_or_default();
+        f.debug_struct("Assigned").field("queues", &queued).finish()
+    }
 }
 
 impl GroupContext {
@@ -44,8 +62,52 @@ impl GroupContext {
             started: Mutex::new(HashSet::new()),
             not_before: Mutex::new(std::collections::HashMap::new()),
             revoked: Mutex::new(Vec::new()),
+            consumer: OnceLock::new(),
+            assigned: Assigned::default(),
+            wake: Arc::new(Notify::new()),
             joined: watch::Sender::new(false),
         }
+    }
+
+    /// Lets the rebalance callback split partition queues off `consumer`; before its first poll.
+    pub(crate) fn attach(&self, consumer: &Arc<BaseConsumer<GroupContext>>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// What wakes the worker: the main queue and every partition queue have something.
+    pub(crate) fn wake(&self) -> &Arc<Notify> {
+        &self.wake
+    }
+
+    /// The queues of partitions assigned since the last call.
+    pub(crate) fn take_assigned(&self) -> Vec<(Partition, PartitionQueue<GroupContext>)> {
+        std::mem::take(&mut *self.assigned.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Gives each partition of `tpl` a queue of its own, so the worker can stop taking one
+    /// partition's messages (its window is full) without pausing it, which would drop what
+    /// librdkafka has fetched ahead, and without ceasing to serve the group.
+    fn split_queues(&self, tpl: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut queues = Vec::new();
+        for e in tpl.elements() {
+            match consumer.split_partition_queue(e.topic(), e.partition()) {
+                Some(mut queue) => {
+                    let wake = Arc::clone(&self.wake);
+                    queue.set_nonempty_callback(move || wake.notify_one());
+                    queues.push(((e.topic().to_owned(), e.partition()), queue));
+                }
+                // Its messages keep coming through the main queue.
+                None => tracing::debug!(topic = e.topic(), partition = e.partition(), "no queue of its own for a partition"),
+            }
+        }
+        self.assigned
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(queues);
     }
 
     /// Whether a message of `partition` with timestamp `millis` comes before the start time;
@@ -193,6 +255,8 @@ impl ConsumerContext for GroupContext {
                 } else {
                     consumer.assign(tpl)
                 };
+                // After the assignment, which deactivates earlier partition queues.
+                self.split_queues(tpl);
                 self.joined.send_replace(true);
                 result
             }

@@ -2,21 +2,24 @@
 //!
 //! librdkafka wakes it when its queue has something (messages, rebalances, errors), and it
 //! serves the queue without blocking, between acknowledgements; it never stops polling, so the
-//! group session never starves. It and hands out at most one
-//! message per partition at a time: the next one of a partition goes out when the previous one
-//! was acknowledged, whose offset is then stored (and committed by the periodic auto-commit, on
-//! revocation and on close). That gives order per partition (hence per key) with concurrency
-//! across partitions. A nacked message is handed out again after its delay, still holding its
-//! partition. A partition whose buffer fills is paused and resumed when it drains.
+//! group session never starves. Each partition's messages go through a
+//! [`PartitionWindow`]: many are out at once, but a key's next message only once the previous
+//! one was acknowledged, so order per key holds with concurrency across keys and partitions.
+//! The offset stored (and committed by the periodic auto-commit, on revocation and on close) is
+//! the end of the acknowledged prefix, so nothing unacknowledged is skipped. A nacked message is
+//! handed out again after its delay, its key still held. A partition whose window fills is
+//! paused and resumed when it drains.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::DateTime;
 use eventbus_core::transport::departures::Membership;
+use eventbus_core::transport::window::PartitionWindow;
 use eventbus_core::{Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
@@ -85,22 +88,29 @@ struct Held {
 }
 
 /// What the worker holds of one assigned partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionState {
     /// Distinguishes this assignment from earlier ones, so that late acks of a partition that
     /// was revoked and assigned again are ignored.
     epoch: u64,
-    out: Option<Held>,
-    waiting: VecDeque<Held>,
+    window: PartitionWindow<Held>,
+    /// Paused because its window filled while its messages came through the main queue.
     paused: bool,
 }
 
-pub(crate) struct Worker {
-    consumer: KafkaConsumer,
-    wake: Arc<Notify>,
+/// Where deliveries go out and acknowledgers send their commands.
+struct Outlet {
     deliveries: Deliveries,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+pub(crate) struct Worker {
+    consumer: Arc<KafkaConsumer>,
+    /// Partitions with a queue of their own: read only while their window has room.
+    queues: HashMap<Partition, PartitionQueue<GroupContext>>,
+    wake: Arc<Notify>,
+    outlet: Outlet,
     commands: mpsc::UnboundedReceiver<Command>,
-    command_tx: mpsc::UnboundedSender<Command>,
     partitions: HashMap<Partition, PartitionState>,
     next_epoch: u64,
     buffer: usize,
@@ -115,15 +125,20 @@ impl Worker {
         membership: Membership,
     ) -> Self {
         let (command_tx, commands) = mpsc::unbounded_channel();
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::clone(consumer.context().wake());
         let waker = wake.clone();
         consumer.set_nonempty_callback(move || waker.notify_one());
+        let consumer = Arc::new(consumer);
+        consumer.context().attach(&consumer);
         Self {
             consumer,
+            queues: HashMap::new(),
             wake,
-            deliveries,
+            outlet: Outlet {
+                deliveries,
+                commands: command_tx,
+            },
             commands,
-            command_tx,
             partitions: HashMap::new(),
             next_epoch: 1,
             buffer,
@@ -132,7 +147,7 @@ impl Worker {
     }
 
     pub(crate) async fn run(mut self, mut closed: watch::Receiver<bool>) {
-        let deliveries = self.deliveries.clone();
+        let deliveries = self.outlet.deliveries.clone();
         let wake = self.wake.clone();
         let mut failures = 0u32;
         loop {
@@ -158,7 +173,7 @@ impl Worker {
     async fn serve_queue(&mut self, failures: &mut u32) {
         loop {
             let error = match self.consumer.poll(Duration::ZERO) {
-                None => return,
+                None => return self.serve_partitions(failures).await,
                 Some(Ok(message)) => {
                     *failures = 0;
                     let message = Received::from(&message);
@@ -173,14 +188,59 @@ impl Worker {
             *failures = failures.saturating_add(1);
             tracing::debug!(error = %error, "Kafka consumer error; polling on");
             let _ = self
+                .outlet
                 .deliveries
                 .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
             tokio::time::sleep(eventbus_core::transport::reconnect_delay(*failures)).await;
         }
     }
 
+    /// Takes the messages of partitions with a queue of their own, as far as their windows
+    /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
+    /// queue is full, so memory stays bounded without a pause.
+    async fn serve_partitions(&mut self, failures: &mut u32) {
+        for (partition, queue) in self.consumer.context().take_assigned() {
+            self.queues.insert(partition, queue);
+        }
+        self.drop_revoked();
+        let partitions: Vec<Partition> = self.queues.keys().cloned().collect();
+        for partition in partitions {
+            loop {
+                let full = self
+                    .partitions
+                    .get(&partition)
+                    .is_some_and(|s| !s.window.has_room());
+                let Some(queue) = self.queues.get(&partition).filter(|_| !full) else {
+                    break;
+                };
+                let received = match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => Ok(Received::from(&message)),
+                    Some(Err(e)) => Err(e),
+                };
+                match received {
+                    Ok(message) => {
+                        *failures = 0;
+                        self.take(message);
+                    }
+                    Err(error) => {
+                        *failures = failures.saturating_add(1);
+                        tracing::debug!(error = %error, ?partition, "Kafka partition error; polling on");
+                        let _ = self
+                            .outlet
+                            .deliveries
+                            .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Commits what was acknowledged and leaves the group, off the async threads.
-    async fn close(self) {
+    async fn close(mut self) {
+        // Partition queues hold the consumer; they go first, so it is dropped below.
+        self.queues.clear();
         let consumer = self.consumer;
         let membership = self.membership;
         let closed = tokio::task::spawn_blocking(move || {
@@ -211,6 +271,7 @@ impl Worker {
                 }
             }
             membership.gone();
+            drop(consumer.context().take_assigned());
             std::thread::spawn(move || drop(consumer));
         })
         .await;
@@ -222,6 +283,7 @@ impl Worker {
     fn drop_revoked(&mut self) {
         for partition in self.consumer.context().take_revoked() {
             self.partitions.remove(&partition);
+            self.queues.remove(&partition);
         }
     }
 
@@ -243,21 +305,20 @@ impl Worker {
             return;
         }
         let next_epoch = &mut self.next_epoch;
+        let buffer = self.buffer;
         let state = self.partitions.entry(partition.clone()).or_insert_with(|| {
             *next_epoch += 1;
             PartitionState {
                 epoch: *next_epoch,
-                ..PartitionState::default()
+                window: PartitionWindow::new(buffer),
+                paused: false,
             }
         });
-        if state.out.is_none() {
-            let epoch = state.epoch;
-            state.out = Some(held.clone());
-            self.hand_out(&partition, epoch, held);
-            return;
-        }
-        state.waiting.push_back(held);
-        if state.waiting.len() >= self.buffer && !state.paused {
+        let key = held.message.key.clone();
+        state.window.push(held.offset, key.as_deref(), held);
+        self.outlet.release(&partition, state);
+        // A partition with its own queue is simply read no further while its window is full.
+        if !state.window.has_room() && !state.paused && !self.queues.contains_key(&partition) {
             state.paused = true;
             if let Err(e) = self.consumer.pause(&single(&partition)) {
                 tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
@@ -282,7 +343,7 @@ impl Worker {
                 offset,
                 delay,
             } => {
-                let tx = self.command_tx.clone();
+                let tx = self.outlet.commands.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     let _ = tx.send(Command::Redeliver {
@@ -297,60 +358,70 @@ impl Worker {
                 epoch,
                 offset,
             } => {
-                let Some(state) = self.partitions.get_mut(&partition) else {
+                let Some(state) = self
+                    .partitions
+                    .get_mut(&partition)
+                    .filter(|s| s.epoch == epoch)
+                else {
                     return;
                 };
-                let Some(out) = state
-                    .out
-                    .as_mut()
-                    .filter(|h| state.epoch == epoch && h.offset == offset)
-                else {
+                let Some(out) = state.window.out_mut(offset) else {
                     return;
                 };
                 out.attempt += 1;
                 let held = out.clone();
-                self.hand_out(&partition, epoch, held);
+                self.outlet.hand_out(&partition, epoch, held);
             }
         }
     }
 
-    /// Stores the offset of an acknowledged message and frees its partition for the next.
+    /// Stores the offset an acknowledgement makes committable and hands out what it unblocks.
     fn acknowledge(&mut self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
-        let Some(state) = self
-            .partitions
-            .get_mut(partition)
-            .filter(|s| s.epoch == epoch && s.out.as_ref().is_some_and(|h| h.offset == offset))
-        else {
+        let reassigned = || {
             // Revoked since: the next owner reads it again from the last commit.
-            return Err(Error::new(
+            Error::new(
                 ErrorKind::Reassigned,
                 "the partition was revoked before the acknowledgement; another member will see the message again",
             )
             .with("topic", &partition.0)
             .with("partition", partition.1)
-            .with("offset", offset));
+            .with("offset", offset)
         };
-        state.out = None;
+        let state = self
+            .partitions
+            .get_mut(partition)
+            .filter(|s| s.epoch == epoch)
+            .ok_or_else(reassigned)?;
+        let committable = state.window.ack(offset).map_err(|_| reassigned())?;
         tracing::trace!(?partition, offset, "acknowledged");
-        // `store_offset` stores the next offset to read, offset + 1.
-        self.consumer
-            .store_offset(&partition.0, partition.1, offset)
-            .map_err(|e| {
-                failed(ErrorKind::Subscribe, "offset store", e)
-                    .with("topic", &partition.0)
-                    .with("partition", partition.1)
-            })?;
-        if let Some(next) = state.waiting.pop_front() {
-            state.out = Some(next.clone());
-            if state.paused && state.waiting.len() <= self.buffer / 2 {
-                state.paused = false;
-                if let Err(e) = self.consumer.resume(&single(partition)) {
-                    tracing::warn!(error = %e, ?partition, "cannot resume a partition");
-                }
+        if let Some(next) = committable {
+            // `store_offset` stores the next offset to read, its argument + 1.
+            self.consumer
+                .store_offset(&partition.0, partition.1, next - 1)
+                .map_err(|e| {
+                    failed(ErrorKind::Subscribe, "offset store", e)
+                        .with("topic", &partition.0)
+                        .with("partition", partition.1)
+                })?;
+        }
+        self.outlet.release(partition, state);
+        if state.paused && state.window.len() <= self.buffer / 2 {
+            state.paused = false;
+            if let Err(e) = self.consumer.resume(&single(partition)) {
+                tracing::warn!(error = %e, ?partition, "cannot resume a partition");
             }
-            self.hand_out(partition, epoch, next);
         }
         Ok(())
+    }
+}
+
+impl Outlet {
+    /// Hands out every message of the partition whose key is free.
+    fn release(&self, partition: &Partition, state: &mut PartitionState) {
+        while let Some((_, held)) = state.window.next_ready() {
+            let held = held.clone();
+            self.hand_out(partition, state.epoch, held);
+        }
     }
 
     fn hand_out(&self, partition: &Partition, epoch: u64, held: Held) {
@@ -361,7 +432,7 @@ impl Worker {
             "handing out"
         );
         let acker = Box::new(OffsetAck {
-            commands: self.command_tx.clone(),
+            commands: self.commands.clone(),
             partition: partition.clone(),
             epoch,
             offset: held.offset,
