@@ -14,7 +14,8 @@
 //! acknowledgement. Both consumers join a new group on a 4-partition topic, read from the
 //! beginning, store each message's offset after handling it and let auto-commit send them.
 //! Rounds alternate which side goes first; the best round of each counts.
-//! `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale it.
+//! `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale it;
+//! `EVENTBUS_BENCH_FETCH_WAIT_MS` sets `fetch.wait.max.ms` on both consumers.
 
 use std::time::Instant;
 
@@ -75,7 +76,11 @@ async fn bus_publish(transport: &Transport, topic: &str, batches: Vec<Vec<Messag
 }
 
 async fn raw_consume(bootstrap: &str, topic: &str, n: usize) {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(ms) = fetch_wait() {
+        config.set("fetch.wait.max.ms", ms);
+    }
+    let consumer: StreamConsumer = config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("raw-{topic}"))
         .set("enable.auto.offset.store", "false")
@@ -98,6 +103,11 @@ async fn raw_consume(bootstrap: &str, topic: &str, n: usize) {
 /// (the transport hands out a partition's next message once the previous one is acknowledged).
 async fn bus_consume(transport: &Transport, topic: &str, n: usize) {
     consume_acking(transport, topic, &format!("bus-{topic}"), n, 8).await;
+}
+
+/// `EVENTBUS_BENCH_FETCH_WAIT_MS`: librdkafka's `fetch.wait.max.ms` for both consumers.
+fn fetch_wait() -> Option<String> {
+    std::env::var("EVENTBUS_BENCH_FETCH_WAIT_MS").ok()
 }
 
 /// The broker of this run.
@@ -158,11 +168,16 @@ async fn main() {
     let mut settings = KafkaSettings::new(&bootstrap);
     settings.topic_partitions = PARTITIONS;
     settings.create_topics = !mock;
-    if !mock || std::env::var_os("EVENTBUS_BENCH_NO_PAUSE").is_some() {
+    if !mock {
         // tansu 0.6 cannot fetch from inside a record batch, which is where a paused partition
         // resumes; with a buffer as large as the run, no partition is ever paused (neither is
         // the raw consumer's). Against Apache Kafka and the mock the default buffer is fine.
         settings.partition_buffer = 1_000_000;
+    }
+    if let Some(ms) = fetch_wait() {
+        settings
+            .consumer_properties
+            .insert("fetch.wait.max.ms".into(), ms);
     }
     let transport = eventbus_kafka::connect(settings).await.expect("connect");
     let raw_producer: FutureProducer = ClientConfig::new()

@@ -40,9 +40,11 @@
 //!   offset stored is always the end of the acknowledged prefix. An ack that comes after its partition was
 //!   revoked fails with `ErrorKind::Reassigned`: the next owner reads the message again from the
 //!   last commit (at-least-once). A nack hands the same message out again
-//!   after its delay, its key still held. A partition whose window fills
-//!   (`EVENT_BUS_KAFKA_PARTITION_BUFFER`, counted from the stored offset) is
-//!   paused, never the poll loop, so the group session does not starve.
+//!   after its delay, its key still held. Each assigned partition has a queue of its own;
+//!   one whose window fills (`EVENT_BUS_KAFKA_PARTITION_BUFFER`, counted from the stored
+//!   offset) is read no further until it drains, and librdkafka stops fetching ahead for it.
+//!   Nothing is paused (a pause would drop what was fetched ahead), and the main queue is
+//!   polled all along, so the group session does not starve.
 //! - **Leaving and joining.** Dropping a stream returns at once; its consumer commits, leaves
 //!   the group and closes in the background. A `subscribe` to the same group in the same
 //!   process waits until that is done (up to 20 s), so the join causes one rebalance instead of
@@ -65,7 +67,7 @@
 //! | `EVENT_BUS_KAFKA_CREATE_TOPICS` | true | create missing topics before first use |
 //! | `EVENT_BUS_KAFKA_TOPIC_PARTITIONS`, `…_TOPIC_REPLICATION` | 8, 1 | for topics eventbus creates |
 //! | `EVENT_BUS_KAFKA_FLUSH_TIMEOUT_MS` | 10000 | how long close waits for undelivered messages |
-//! | `EVENT_BUS_KAFKA_PARTITION_BUFFER` | 500 | messages held per partition before it is paused |
+//! | `EVENT_BUS_KAFKA_PARTITION_BUFFER` | 500 | messages held per partition (from the stored offset) before it is read no further |
 //! | `EVENT_BUS_KAFKA_CONSUMERS_ENABLED` | true | Open edX's kill switch: `false` makes `subscribe` fail with an error naming it |
 //! | `EVENT_BUS_KAFKA_CONSUMER_POLL_TIMEOUT`, `…_POLL_FAILURE_SLEEP` | | Open edX's; recognised, no effect (librdkafka wakes the consumer) |
 //! | `EVENT_BUS_KAFKA_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` | | Open edX's; read as the core's `EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT` when that is not set |

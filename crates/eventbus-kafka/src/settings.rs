@@ -116,7 +116,9 @@ pub struct KafkaSettings {
     pub topic_replication: i32,
     /// How long close waits for messages still in flight.
     pub flush_timeout: Duration,
-    /// Messages a consumer holds per partition before it pauses fetching that partition.
+    /// Messages of a partition a consumer holds from its stored offset on (out, waiting for
+    /// their key, or acknowledged behind an unacknowledged one) before it reads no further of
+    /// that partition; librdkafka then stops fetching ahead once its own queue is full.
     pub partition_buffer: usize,
     /// Open edX's kill switch `EVENT_BUS_KAFKA_CONSUMERS_ENABLED`: when false, subscribing
     /// fails with an error naming it, and nothing is consumed.

@@ -100,7 +100,11 @@ impl GroupContext {
                     queues.push(((e.topic().to_owned(), e.partition()), queue));
                 }
                 // Its messages keep coming through the main queue.
-                None => tracing::debug!(topic = e.topic(), partition = e.partition(), "no queue of its own for a partition"),
+                None => tracing::debug!(
+                    topic = e.topic(),
+                    partition = e.partition(),
+                    "no queue of its own for a partition"
+                ),
             }
         }
         self.assigned

@@ -226,10 +226,11 @@ impl Worker {
                     Err(error) => {
                         *failures = failures.saturating_add(1);
                         tracing::debug!(error = %error, ?partition, "Kafka partition error; polling on");
-                        let _ = self
-                            .outlet
-                            .deliveries
-                            .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
+                        let _ = self.outlet.deliveries.send(Err(failed(
+                            ErrorKind::Subscribe,
+                            "fetch",
+                            error,
+                        )));
                         break;
                     }
                 }
