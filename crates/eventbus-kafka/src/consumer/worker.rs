@@ -161,6 +161,10 @@ impl Worker {
                 Some(command) = self.commands.recv() => {
                     self.drop_revoked();
                     self.handle(command);
+                    // Acks come many at a time: take them all before serving the queues again.
+                    while let Ok(command) = self.commands.try_recv() {
+                        self.handle(command);
+                    }
                 }
                 // librdkafka's housekeeping (and a wake-up that raced the last poll).
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
