@@ -22,12 +22,11 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::context::DeliveryInfo;
-use super::dispatch::{panic_text, Call, Route};
+use super::dispatch::{decode_envelope, panic_text, Call, Route};
 use super::layer::Verdict;
 use crate::error::Result;
 use crate::event::{Envelope, Event};
 use crate::metadata::EventMetadata;
-use crate::serializer::decode_event;
 use crate::signal::BoxError;
 
 /// What a [`BatchReceiver`] says went wrong. Without one (`Ok(())`) every event of the batch is
@@ -239,13 +238,7 @@ impl<E: Event> Route for BatchRoute<E> {
         delivery: &Arc<DeliveryInfo>,
         metadata: EventMetadata,
     ) -> Result<Box<dyn Call>> {
-        let event = decode_event::<E>(
-            delivery.serializer(),
-            delivery.topic(),
-            delivery.payload(),
-            Some(metadata.minor_version),
-        )?;
-        let envelope = Envelope::new(event, metadata).with_delivery(Arc::clone(delivery));
+        let envelope = decode_envelope::<E>(delivery, metadata)?;
         let (tx, rx) = oneshot::channel();
         // The gathering task lives as long as the route; a send fails only while the consumer
         // is being torn down, and the receiver below then reports it.

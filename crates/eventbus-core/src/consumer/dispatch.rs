@@ -75,17 +75,25 @@ impl<E: Event> Route for EventRoute<E> {
         delivery: &Arc<DeliveryInfo>,
         metadata: EventMetadata,
     ) -> Result<Box<dyn Call>> {
-        let event = decode_event::<E>(
-            delivery.serializer(),
-            delivery.topic(),
-            delivery.payload(),
-            Some(metadata.minor_version),
-        )?;
         Ok(Box::new(EventCall {
-            envelope: Envelope::new(event, metadata).with_delivery(Arc::clone(delivery)),
+            envelope: decode_envelope(delivery, metadata)?,
             target: Arc::clone(&self.target),
         }))
     }
+}
+
+/// The delivery's payload decoded as `E`, in an envelope that carries the delivery.
+pub(crate) fn decode_envelope<E: Event>(
+    delivery: &Arc<DeliveryInfo>,
+    metadata: EventMetadata,
+) -> Result<Envelope<E>> {
+    let event = decode_event::<E>(
+        delivery.serializer(),
+        delivery.topic(),
+        delivery.payload(),
+        Some(metadata.minor_version),
+    )?;
+    Ok(Envelope::new(event, metadata).with_delivery(Arc::clone(delivery)))
 }
 
 struct EventCall<E> {

@@ -72,6 +72,8 @@ struct Cursor {
     read: usize,
     owner: Option<u64>,
     window: PartitionWindow<Handed>,
+    /// Messages nacked and not yet handed out again: the window is searched only when some are.
+    nacked: usize,
 }
 
 impl Cursor {
@@ -81,6 +83,7 @@ impl Cursor {
             read: offset,
             owner: None,
             window: PartitionWindow::new(WINDOW),
+            nacked: 0,
         }
     }
 
@@ -89,6 +92,7 @@ impl Cursor {
         if self.owner != Some(member) {
             self.owner = Some(member);
             self.window.clear();
+            self.nacked = 0;
             self.read = self.committed;
         }
     }
@@ -317,11 +321,16 @@ impl Topic {
                     time: stored.time,
                 })
             };
-            for (offset, handed) in cursor.window.iter_out_mut() {
-                match handed.nacked_until {
-                    Some(at) if at <= now => return handout(offset, handed),
-                    Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
-                    None => {}
+            if cursor.nacked > 0 {
+                for (offset, handed) in cursor.window.iter_out_mut() {
+                    match handed.nacked_until {
+                        Some(at) if at <= now => {
+                            cursor.nacked -= 1;
+                            return handout(offset, handed);
+                        }
+                        Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
+                        None => {}
+                    }
                 }
             }
             while cursor.window.has_room() && cursor.read < log.len() {
@@ -371,7 +380,10 @@ impl Topic {
                     cursor.committed = next as usize;
                 }
             }
-            Some(delay) => out.nacked_until = Some(Instant::now() + delay),
+            Some(delay) => {
+                out.nacked_until = Some(Instant::now() + delay);
+                cursor.nacked += 1;
+            }
         }
         g.wake_all();
         Ok(())
