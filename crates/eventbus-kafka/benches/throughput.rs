@@ -138,7 +138,7 @@ fn fetch_wait() -> Option<String> {
 
 /// The broker of this run.
 enum Broker {
-    Tansu(BrokerProcess),
+    Tansu(Box<BrokerProcess>),
     Mock(MockCluster<'static, DefaultProducerContext>),
 }
 
@@ -146,11 +146,11 @@ impl Broker {
     async fn start() -> Self {
         match std::env::var("EVENTBUS_BENCH_BROKER").as_deref() {
             Ok("mock") => Broker::Mock(MockCluster::new(1).expect("mock cluster")),
-            Ok("tansu") | Err(_) => Broker::Tansu(
+            Ok("tansu") | Err(_) => Broker::Tansu(Box::new(
                 BrokerProcess::start(BrokerSpec::tansu())
                     .await
                     .expect("start tansu"),
-            ),
+            )),
             Ok(other) => panic!("EVENTBUS_BENCH_BROKER is tansu or mock, not {other}"),
         }
     }
