@@ -203,10 +203,12 @@ impl Worker {
     /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
     /// queue is full, so memory stays bounded without a pause.
     async fn serve_partitions(&mut self, failures: &mut u32) {
+        // Revocations first: an eager rebalance revokes a partition, then assigns it again with a
+        // new queue, which must not be dropped as revoked.
+        self.drop_revoked();
         for (partition, queue) in self.consumer.context().take_assigned() {
             self.queues.insert(partition, queue);
         }
-        self.drop_revoked();
         let partitions: Vec<Partition> = self.queues.keys().cloned().collect();
         for partition in partitions {
             loop {
