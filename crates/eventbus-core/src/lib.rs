@@ -9,6 +9,7 @@
 extern crate self as eventbus_core;
 
 pub mod bus;
+pub mod catalog;
 pub mod config;
 pub mod consumer;
 pub mod error;

@@ -42,7 +42,7 @@ impl SchemaIds {
     /// Makes sure the schema of `E` has an id for `full_topic`, registering it on first use.
     pub async fn register<E: Event>(&self, full_topic: &str) -> Result<u32> {
         let subject = confluent_subject(full_topic, E::EVENT_TYPE);
-        self.id_under(&subject, E::schema()?).await
+        self.register_subject(&subject, E::schema()?).await
     }
 
     /// Makes sure the key schema of the field at `key_field` of `E` has an id for `full_topic`
@@ -51,11 +51,13 @@ impl SchemaIds {
         let key: Arc<KeySchema> = self
             .store
             .key_schema(E::EVENT_TYPE, key_field, E::schema()?)?;
-        self.id_under(&key.subject(full_topic), key.schema()).await
+        self.register_subject(&key.subject(full_topic), key.schema())
+            .await
     }
 
     /// The id of `schema` under `subject`: from the store, or registered once and remembered.
-    async fn id_under(&self, subject: &str, schema: &EventSchema) -> Result<u32> {
+    /// For schemas known only at run time (a schema file); typed code uses [`SchemaIds::register`].
+    pub async fn register_subject(&self, subject: &str, schema: &EventSchema) -> Result<u32> {
         if let Some(id) = self.store.registered_id(subject, schema) {
             return Ok(id);
         }

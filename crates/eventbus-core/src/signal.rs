@@ -199,6 +199,7 @@ pub struct SignalEntry {
     /// Event type name.
     pub event_type: &'static str,
     route: fn() -> Arc<dyn Route>,
+    pub(crate) json: crate::catalog::JsonBridge,
 }
 
 impl SignalEntry {
@@ -207,6 +208,7 @@ impl SignalEntry {
         Self {
             event_type: E::EVENT_TYPE,
             route: signal_route::<E>,
+            json: crate::catalog::JsonBridge::of::<E>(),
         }
     }
 

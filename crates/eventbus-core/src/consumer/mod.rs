@@ -277,6 +277,25 @@ impl Consumer {
         }
     }
 
+    /// The event types this consumer has routes for, sorted; empty when it takes every
+    /// registered type (no `handle` or `signal` given) or raw messages. Tools that describe a
+    /// consumer (AsyncAPI documents) read it.
+    pub fn event_types(&self) -> Vec<&str> {
+        let mut types: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        types.sort_unstable();
+        types
+    }
+
+    /// The topics it consumes, without prefix.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Its consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     /// Handles events of type `E` with `receiver` (instead of `E`'s signal). One route per
     /// type: a second `handle` or `signal` for the same type makes `start`/`run` fail.
     #[must_use]

@@ -1,0 +1,5 @@
+//! `eventbus`: see `eventbus --help`.
+
+fn main() -> std::process::ExitCode {
+    eventbus_cli::main()
+}
