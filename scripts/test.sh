@@ -108,6 +108,10 @@ echo "example observability: ok"
 cargo run --quiet --locked -p eventbus-testkit --features fixtures --bin with-broker -- redis -- \
     cargo run --quiet --locked --example quickstart --features redis >/dev/null
 echo "example quickstart on redis: ok"
+# The README's terminal tour of the `eventbus` command, as written, on a fixture redis-server.
+cargo build --quiet --locked -p eventbus-cli --features redis --bin eventbus
+PATH="$PWD/target/debug:$PATH" cargo run --quiet --locked -p eventbus-testkit --features fixtures \
+    --bin with-broker -- redis -- bash scripts/cli-tour.sh
 # And against tansu with the schema-registry fixture.
 cargo run --quiet --locked -p eventbus-testkit --features registry --bin with-broker -- kafka -- \
     cargo run --quiet --locked --example quickstart --features kafka >/dev/null

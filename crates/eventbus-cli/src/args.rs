@@ -187,12 +187,10 @@ pub(crate) struct Tail {
     /// Output format
     #[arg(long, value_enum, default_value_t)]
     pub(crate) format: TailFormat,
-    /// Avro schema file for payloads of a type this program does not know
-    #[arg(long, value_name = "FILE", requires = "event_type")]
-    pub(crate) schema: Option<PathBuf>,
-    /// The type the --schema file describes
-    #[arg(long = "type", value_name = "TYPE")]
-    pub(crate) event_type: Option<String>,
+    /// How to read payloads of a type this program does not know (--type with --schema);
+    /// registered types and the schema registry need nothing
+    #[command(flatten)]
+    pub(crate) payload: Format,
 }
 
 #[derive(Debug, Args)]

@@ -86,10 +86,18 @@ fn inputs(args: &Produce, codec: &Codec) -> Result<Vec<Value>, CliError> {
 
 /// Parses one input, reporting where it breaks.
 pub(crate) fn parse(text: &str, line: usize) -> Result<Value, CliError> {
-    serde_json::from_str(text).map_err(|e| CliError::Json {
-        line: line + e.line() - 1,
-        column: e.column(),
-        message: e.to_string(),
+    serde_json::from_str(text).map_err(|e| {
+        // serde_json ends its text with the position inside this input; ours replaces it.
+        let message = e.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(at) => message[..at].to_owned(),
+            None => message,
+        };
+        CliError::Json {
+            line: line + e.line() - 1,
+            column: e.column(),
+            message,
+        }
     })
 }
 

@@ -16,8 +16,14 @@ pub(super) async fn run(
     args: Tail,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
-    let schema = match (&args.schema, &args.event_type) {
-        (Some(path), Some(name)) => Some(SchemaType::load(name, path, 0, None)?),
+    let format = &args.payload;
+    let schema = match (&format.schema, &format.event_type) {
+        (Some(path), Some(name)) => Some(SchemaType::load(
+            name,
+            path,
+            format.minor_version,
+            format.key_field.clone(),
+        )?),
         _ => None,
     };
     // A throw-away group starts at the end unless told otherwise, like `tail -f`; a named group
