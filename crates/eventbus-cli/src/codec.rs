@@ -276,7 +276,14 @@ impl Decoder<'_> {
         let mut out = Map::new();
         out.insert("topic".into(), json!(delivery.topic));
         out.insert("position".into(), json!(delivery.position.to_string()));
-        let serializer = self.bus.producer().serializer();
+        let producer = self.bus.producer();
+        let serializer = producer.serializer();
+        if let (Some(ids), Some(key)) = (producer.schema_ids(), &message.key) {
+            // A Confluent-framed key names its schema by id, like the payload.
+            if let Err(e) = ids.learn(key).await {
+                tracing::debug!(error = %e, "the key's schema could not be fetched; showing its bytes");
+            }
+        }
         let key = message.key.as_ref().map(|k| {
             serializer
                 .decode_key(k)

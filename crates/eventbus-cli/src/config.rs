@@ -78,3 +78,36 @@ impl ConsumerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_what_it_names_and_nothing_else() {
+        let file: FileConfig = toml::from_str(
+            "[consumers.billing]\ntopics = [\"orders\"]\nconcurrency = 4\nmax_attempts = 5\nhandler_timeout_ms = 250\n",
+        )
+        .expect("valid file");
+        let billing = &file.consumers["billing"];
+        assert_eq!(billing.topics.as_deref(), Some(&["orders".to_owned()][..]));
+        let mut settings = ConsumerSettings::default();
+        let before = settings.clone();
+        billing.apply(&mut settings);
+        assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.retry.max_attempts, 5);
+        assert_eq!(settings.handler_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(settings.dead_letter_topic, before.dead_letter_topic);
+        assert_eq!(settings.shutdown_timeout, before.shutdown_timeout);
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_refused_with_where_it_is() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("consumers.toml");
+        std::fs::write(&path, "[consumers.billing]\nconcurency = 4\n").expect("write");
+        let error = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("consumers.toml"), "{error}");
+        assert!(error.contains("concurency"), "{error}");
+    }
+}

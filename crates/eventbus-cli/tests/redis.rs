@@ -227,14 +227,21 @@ async fn replay_republishes_exactly_the_window() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_consumer_stopped_by_errors_exits_with_3() {
     let (_server, url) = redis().await;
-    let cli = Cli::new(orders_service_bin(), url)
-        .with_env("BILLING_BROKEN", "1")
-        .with_env("EVENT_BUS_CONSUMER_CONSECUTIVE_ERRORS_LIMIT", "3");
+    let cli = Cli::new(orders_service_bin(), url).with_env("BILLING_BROKEN", "1");
     cli.ok(
-        &["produce", "orders", "--type", ORDER_TYPE, "-q"],
+        &["produce", "invoices", "--type", ORDER_TYPE, "-q"],
         &orders(1, 20),
     );
-    let out = cli.run(&["run", "--name", "billing"], "");
+    // The file moves the consumer to another topic and sets its error limit.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("consumers.toml");
+    std::fs::write(
+        &config,
+        "[consumers.billing]\ntopics = [\"invoices\"]\nconsecutive_errors_limit = 3\n",
+    )
+    .expect("write config");
+    let config = config.to_str().expect("path");
+    let out = cli.run(&["run", "--name", "billing", "--config", config], "");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the consumer stopped"), "{stderr}");
