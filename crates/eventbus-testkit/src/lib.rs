@@ -22,6 +22,8 @@ pub mod conformance;
 pub mod fixture;
 pub mod memory;
 pub mod openedx;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "fixtures")]
 pub mod pulsar_proxy;
 #[cfg(feature = "registry")]

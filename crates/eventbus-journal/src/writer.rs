@@ -1,0 +1,136 @@
+//! The writer task: rows arrive on a bounded queue and are written in batches, one transaction
+//! each, off every event's path. A full queue or a failing database costs rows, never events:
+//! what could not be written is counted and said.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Acquire;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::{headers_to_json, Entry};
+use crate::store::Store;
+
+pub(crate) enum Command {
+    Write(Box<Entry>),
+    /// Answered once everything queued before it is written (or given up).
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the journal could not record.
+#[derive(Debug, Default)]
+pub(crate) struct Losses {
+    /// Rows dropped because the queue was full.
+    pub(crate) dropped: AtomicU64,
+    /// Rows the database refused after retries.
+    pub(crate) failed: AtomicU64,
+}
+
+const UPSERT: &str = "INSERT INTO eventbus_journal (event_id, side, consumer_group, event_type, topic, event_key, message_key, position, source, event_time, payload, payload_size, headers, status, attempts, last_error, duration_us, first_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+ON CONFLICT (event_id, side, consumer_group, topic) DO UPDATE SET
+    status = excluded.status,
+    attempts = CASE WHEN excluded.attempts > eventbus_journal.attempts THEN excluded.attempts ELSE eventbus_journal.attempts END,
+    last_error = COALESCE(excluded.last_error, eventbus_journal.last_error),
+    position = COALESCE(excluded.position, eventbus_journal.position),
+    duration_us = excluded.duration_us,
+    updated_at = excluded.updated_at";
+
+pub(crate) async fn run(
+    store: Store,
+    mut queue: mpsc::Receiver<Command>,
+    batch: usize,
+    linger: Duration,
+    losses: Arc<Losses>,
+) {
+    let mut rows: Vec<Entry> = Vec::with_capacity(batch);
+    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        take(first, &mut rows, &mut waiters);
+        // Gather what else comes within the linger, unless someone waits for a flush.
+        let deadline = tokio::time::Instant::now() + linger;
+        while rows.len() < batch && waiters.is_empty() {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(command)) => take(command, &mut rows, &mut waiters),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while rows.len() < batch {
+            match queue.try_recv() {
+                Ok(command) => take(command, &mut rows, &mut waiters),
+                Err(_) => break,
+            }
+        }
+        if !rows.is_empty() {
+            write(&store, &rows, &losses).await;
+            rows.clear();
+        }
+        for waiter in waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+fn take(command: Command, rows: &mut Vec<Entry>, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match command {
+        Command::Write(entry) => rows.push(*entry),
+        Command::Flush(done) => waiters.push(done),
+    }
+}
+
+/// Writes one batch, retrying a failing database a few times before giving the rows up.
+async fn write(store: &Store, rows: &[Entry], losses: &Losses) {
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=4 {
+        match try_write(store, rows).await {
+            Ok(()) => return,
+            Err(e) if attempt < 4 => {
+                tracing::debug!(error = %e, attempt, "journal write failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            Err(e) => {
+                losses
+                    .failed
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                metrics::counter!("eventbus_journal_lost_total", "cause" => "database")
+                    .increment(rows.len() as u64);
+                tracing::warn!(error = %e, rows = rows.len(), "the journal could not write these rows; the events themselves are not affected");
+            }
+        }
+    }
+}
+
+async fn try_write(store: &Store, rows: &[Entry]) -> Result<(), sqlx::Error> {
+    let mut conn = store.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    for row in rows {
+        sqlx::query(UPSERT)
+            .bind(row.event_id.clone())
+            .bind(row.side.as_str())
+            .bind(row.group.clone())
+            .bind(row.event_type.clone())
+            .bind(row.topic.clone())
+            .bind(row.key.clone())
+            .bind(row.key_bytes.clone())
+            .bind(row.position.clone())
+            .bind(row.source.clone())
+            .bind(row.event_time.clone())
+            .bind(row.payload.clone())
+            .bind(row.payload_size)
+            .bind(headers_to_json(&row.headers))
+            .bind(row.status.as_str())
+            .bind(i64::from(row.attempts))
+            .bind(row.last_error.clone())
+            .bind(
+                row.duration
+                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            )
+            .bind(row.first_at.timestamp_millis())
+            .bind(row.updated_at.timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
