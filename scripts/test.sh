@@ -84,6 +84,11 @@ if ! have pulsar-lite && ! python3 -c 'import pulsar_lite' >/dev/null 2>&1; then
 fi
 # tansu: a Kafka-protocol broker for the Kafka backend's tests (about 10 minutes to build once).
 have tansu || cargo install --locked tansu --version 0.6.0 --features dynostore
+# PostgreSQL's server binaries: the journal's tests start their own server (initdb into a temp
+# directory, a free port) through the testkit fixture; nothing uses a system cluster.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! have initdb; then
+    apt_install postgresql
+fi
 # The official AsyncAPI 3.0 JSON schema (npm package @asyncapi/specs), which the CLI's generated
 # documents are validated against.
 have npm || apt_install npm

@@ -19,13 +19,17 @@
 
 mod entry;
 mod error;
+mod idempotency;
 mod journal;
 mod layers;
+mod outbox;
 mod store;
 mod writer;
 
 pub use entry::{Entry, Side, Status};
 pub use error::{JournalError, Result};
+pub use idempotency::Idempotency;
 pub use journal::{EventId, Filter, Journal, JournalSettings};
 pub use layers::{JournalLayer, JournalPublishLayer};
+pub use outbox::{Outbox, OutboxRow, OutboxTransaction, Relay, RelaySettings};
 pub use store::{Dialect, Store};
