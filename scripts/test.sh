@@ -89,6 +89,9 @@ have tansu || cargo install --locked tansu --version 0.6.0 --features dynostore
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! have initdb; then
     apt_install postgresql
 fi
+# Debian's Chromium and its WebDriver: the journal dashboard's browser test drives them headless.
+have chromium || apt_install chromium
+have chromedriver || apt_install chromium-driver
 # The official AsyncAPI 3.0 JSON schema (npm package @asyncapi/specs), which the CLI's generated
 # documents are validated against.
 have npm || apt_install npm

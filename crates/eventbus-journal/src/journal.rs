@@ -503,3 +503,56 @@ fn read_row(row: &sqlx::any::AnyRow) -> Result<Entry> {
         updated_at: time(int(18)?.unwrap_or_default()),
     })
 }
+
+impl Journal {
+    /// Events published per topic and minute since `since`: `(topic, minute start, count)`.
+    pub async fn throughput(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>, i64)>> {
+        let rows = self
+            .store
+            .fetch_all(
+                sqlx::query(
+                    "SELECT topic, first_at / 60000 AS minute, COUNT(*) FROM eventbus_journal
+                     WHERE side = 'produce' AND first_at >= $1
+                     GROUP BY topic, first_at / 60000 ORDER BY topic, minute",
+                )
+                .bind(since.timestamp_millis()),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let topic: String = row.try_get(0).map_err(|e| self.store.error(e))?;
+                let minute: i64 = row.try_get(1).map_err(|e| self.store.error(e))?;
+                let count: i64 = row.try_get(2).map_err(|e| self.store.error(e))?;
+                let at = DateTime::from_timestamp_millis(minute * 60_000).unwrap_or_default();
+                Ok((topic, at, count))
+            })
+            .collect()
+    }
+
+    /// The last error a consumer group's rows recorded, with when.
+    pub async fn last_error(&self, group: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+        let rows = self
+            .store
+            .fetch_all(
+                sqlx::query(
+                    "SELECT last_error, updated_at FROM eventbus_journal
+                     WHERE side = 'consume' AND consumer_group = $1 AND last_error IS NOT NULL
+                     ORDER BY updated_at DESC LIMIT 1",
+                )
+                .bind(group.to_owned()),
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let error: String = row.try_get(0).map_err(|e| self.store.error(e))?;
+        let at: i64 = row.try_get(1).map_err(|e| self.store.error(e))?;
+        Ok(Some((
+            error,
+            DateTime::from_timestamp_millis(at).unwrap_or_default(),
+        )))
+    }
+}

@@ -17,6 +17,8 @@
 //! and counted (`eventbus_journal_lost_total`, [`Journal::losses`]) — the events go on.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod entry;
 mod error;
 mod idempotency;
