@@ -97,6 +97,111 @@ Example:
     Asyncapi(Asyncapi),
     /// List the event types this program knows, with their schemas
     Types(Types),
+    /// Read the journal of produced and consumed events, and re-publish from it
+    #[cfg(feature = "journal")]
+    #[command(subcommand)]
+    Journal(Journal),
+    /// Serve the web dashboard over the journal, with this program's named consumers
+    #[cfg(feature = "journal")]
+    #[command(after_help = "Example:
+  EVENT_BUS_DASHBOARD_TOKEN=s3cret eventbus dashboard --listen 127.0.0.1:8088")]
+    Dashboard(DashboardArgs),
+}
+
+/// Where the journal is.
+#[cfg(feature = "journal")]
+#[derive(Debug, Args, Clone)]
+pub(crate) struct JournalUrl {
+    /// Journal database: sqlite://FILE or postgres://USER@HOST/DB
+    #[arg(
+        long = "journal",
+        env = "EVENT_BUS_JOURNAL_URL",
+        default_value = "sqlite://eventbus.db"
+    )]
+    pub(crate) journal_url: String,
+}
+
+#[cfg(feature = "journal")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum Journal {
+    /// Journal rows, newest first, as JSON lines or a table
+    #[command(after_help = "Example:
+  eventbus journal list --status dead-lettered --format table")]
+    List(JournalList),
+    /// Every row of one event: the producer's and each consumer group's
+    Show(JournalShow),
+    /// Publish a journalled event again to its topic, with its key and headers
+    #[command(after_help = "Example:
+  eventbus journal retrigger 8e9a4d23-de80-4b98-aa72-3d9190ab3a03 --new-id")]
+    Retrigger(JournalRetrigger),
+}
+
+#[cfg(feature = "journal")]
+#[derive(Debug, Args)]
+pub(crate) struct JournalList {
+    #[command(flatten)]
+    pub(crate) journal: JournalUrl,
+    /// Only this event type
+    #[arg(long = "type")]
+    pub(crate) event_type: Option<String>,
+    /// Only this full topic
+    #[arg(long)]
+    pub(crate) topic: Option<String>,
+    /// Only this status (published, publish-failed, handled, retried, dead-lettered, skipped)
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Only this key
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    /// Event ids starting with this
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// At most this many rows
+    #[arg(long, default_value_t = 100)]
+    pub(crate) limit: u32,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: TailFormat,
+}
+
+#[cfg(feature = "journal")]
+#[derive(Debug, Args)]
+pub(crate) struct JournalShow {
+    #[command(flatten)]
+    pub(crate) journal: JournalUrl,
+    /// The event id (ce_id)
+    pub(crate) id: String,
+}
+
+#[cfg(feature = "journal")]
+#[derive(Debug, Args)]
+pub(crate) struct JournalRetrigger {
+    #[command(flatten)]
+    pub(crate) journal: JournalUrl,
+    /// The event id (ce_id)
+    pub(crate) id: String,
+    /// Give it a new id (and time): a new event with the same data
+    #[arg(long, conflicts_with = "same_id", required_unless_present = "same_id")]
+    pub(crate) new_id: bool,
+    /// Keep its id: consumers that deduplicate by id will skip it
+    #[arg(long)]
+    pub(crate) same_id: bool,
+}
+
+#[cfg(feature = "journal")]
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    #[command(flatten)]
+    pub(crate) journal: JournalUrl,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    pub(crate) listen: String,
+    /// Require `Authorization: Bearer TOKEN`
+    #[arg(long, env = "EVENT_BUS_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Start the named consumers at once (else from the consumers page)
+    #[arg(long)]
+    pub(crate) start_consumers: bool,
 }
 
 /// How event payloads are read and written.

@@ -401,3 +401,68 @@ async fn the_standalone_binary_reads_schema_files_raw_bytes_and_simulates() {
     assert!(report.starts_with("sent 400 event(s)"), "{report}");
     assert!(report.contains("p99"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journal_records_run_and_retriggers_from_the_command_line() {
+    let (_server, url) = redis().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = format!("sqlite://{}", dir.path().join("journal.db").display());
+    let cli = Cli::new(orders_service_bin(), url).with_env("EVENT_BUS_JOURNAL_URL", &journal);
+    cli.ok(
+        &["produce", "orders", "--type", ORDER_TYPE, "-q"],
+        &orders(1, 3),
+    );
+
+    let broken = cli.clone().with_env("BILLING_BROKEN", "1");
+    let consumer = broken.spawn(&["run", "--name", "billing"]);
+    let dead = || json_lines(&cli.ok(&["journal", "list", "--status", "dead-lettered"], ""));
+    eventually(Duration::from_secs(30), "3 dead-lettered rows", || {
+        dead().len() == 3
+    });
+    assert!(terminate(consumer).status.success());
+    let rows = dead();
+    assert_eq!(rows[0]["group"], "billing");
+    assert!(rows[0]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("payment provider")));
+    let id = rows[0]["metadata"]["id"]
+        .as_str()
+        .expect("event id")
+        .to_owned();
+    let history = json_lines(&cli.ok(&["journal", "show", &id], ""));
+    assert!(
+        history.iter().any(|r| r["status"] == "dead-lettered"),
+        "{history:?}"
+    );
+
+    let out = cli.run(&["journal", "retrigger", &id], "");
+    assert_eq!(out.status.code(), Some(2), "new or same id must be chosen");
+    let log = tempfile::NamedTempFile::new().expect("temp file");
+    let fixed = cli
+        .clone()
+        .with_env("BILLING_LOG", log.path().to_str().expect("path"));
+    let consumer = fixed.spawn(&["run", "--name", "billing"]);
+    let said = cli.ok(&["journal", "retrigger", &id, "--new-id"], "");
+    assert!(said.starts_with(&format!("retriggered {id} at ")), "{said}");
+    eventually(
+        Duration::from_secs(30),
+        "the retriggered order billed",
+        || {
+            !std::fs::read_to_string(log.path())
+                .unwrap_or_default()
+                .is_empty()
+        },
+    );
+    assert!(terminate(consumer).status.success());
+
+    // The dashboard over the same journal answers.
+    let dashboard = cli.spawn(&["dashboard", "--listen", "127.0.0.1:0"]);
+    let address = dashboard.wait_for_stdout("dashboard on http://", Duration::from_secs(20));
+    let page = support::http_get(address.trim_end_matches('/'), "/failures");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("dead-lettered") && page.contains(&id),
+        "{page}"
+    );
+    terminate(dashboard);
+}

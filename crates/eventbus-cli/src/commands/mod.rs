@@ -3,6 +3,8 @@
 
 pub(crate) mod asyncapi;
 mod dlq;
+#[cfg(feature = "journal")]
+mod journal;
 mod produce;
 mod replay;
 mod run;
@@ -35,6 +37,10 @@ pub(crate) async fn run(
         Command::Dlq(Dlq::Redrive(args)) => dlq::redrive(session, args, out).await,
         Command::Simulate(args) => simulate::run(session, args, out).await,
         Command::Run(args) => run::run(session, args, out).await,
+        #[cfg(feature = "journal")]
+        Command::Journal(args) => journal::run(session, args, out).await,
+        #[cfg(feature = "journal")]
+        Command::Dashboard(args) => journal::dashboard(session, args, out).await,
         // Answered before connecting.
         Command::Asyncapi(_) | Command::Types(_) => Ok(()),
     }

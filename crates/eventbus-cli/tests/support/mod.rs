@@ -14,7 +14,8 @@ pub fn eventbus_bin() -> PathBuf {
 }
 
 /// The `orders_service` example: a service's own binary with its event type and a named
-/// consumer. `cargo test` builds the examples before it runs tests.
+/// consumer. `cargo test -p eventbus-cli` builds the examples before it runs tests; a lone
+/// `--test NAME` does not, and may run a stale one.
 pub fn orders_service_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -122,6 +123,41 @@ impl Cli {
 pub struct Running {
     child: Child,
     logs: tempfile::TempDir,
+}
+
+impl Running {
+    /// The rest of the first stdout line that starts with `prefix`, once the process prints it.
+    pub fn wait_for_stdout(&self, prefix: &str, limit: Duration) -> String {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let text = std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                let rest = &line[prefix.len()..];
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stderr = std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default();
+        panic!("no `{prefix}` line within {limit:?}; stderr: {stderr}");
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` from `address` (host:port): status line, headers and body.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("response");
+    answer
 }
 
 /// How a [`Running`] process ended.
