@@ -55,9 +55,14 @@ async fn records_every_status(url: &str, name: &str) {
         .handle(move |e: Envelope<InvoiceIssued>| {
             let counted = counted.clone();
             async move {
-                counted.fetch_add(1, Ordering::Relaxed);
+                let call = counted.fetch_add(1, Ordering::Relaxed);
                 if e.amount_cents < 0 {
                     return Err(std::io::Error::other("negative amount"));
+                }
+                // Invoice 3 fails its first attempt only.
+                if e.invoice_id == 3 && e.delivery().is_some_and(|d| d.attempt() == 1) && call < 100
+                {
+                    return Err(std::io::Error::other("ledger busy"));
                 }
                 Ok(())
             }
@@ -87,7 +92,48 @@ async fn records_every_status(url: &str, name: &str) {
         .await
         .expect("send");
 
+    producer
+        .send(
+            "invoices",
+            &InvoiceIssued {
+                invoice_id: 3,
+                amount_cents: 700,
+            },
+        )
+        .await
+        .expect("send");
+
     let dead = Filter::new().status(Status::DeadLettered);
+    until("the retried invoice handled", async || {
+        journal.flush().await;
+        journal
+            .events(&Filter::new().key("3").status(Status::Handled))
+            .await
+            .expect("query")
+            .iter()
+            .any(|r| r.side == Side::Consume)
+    })
+    .await;
+    let retried = journal
+        .events(&Filter::new().key("3"))
+        .await
+        .expect("query");
+    let consumed = retried
+        .iter()
+        .find(|r| r.side == Side::Consume)
+        .expect("consume row");
+    assert_eq!(
+        consumed.attempts, 2,
+        "handled on the second attempt: {consumed:?}"
+    );
+    assert_eq!(
+        consumed
+            .last_error
+            .as_deref()
+            .map(|e| e.contains("ledger busy")),
+        Some(true),
+        "the failed attempt's error stays"
+    );
     until("the dead letter's row", async || {
         journal.flush().await;
         !journal.events(&dead).await.expect("query").is_empty()
