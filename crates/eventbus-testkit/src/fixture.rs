@@ -407,12 +407,15 @@ impl BrokerProcess {
             self.addr(),
             log.display()
         );
-        // Indented, and ended by a newline so that the context pairs do not run into the log.
-        for line in self.log_tail(ERROR_LOG_LINES).lines() {
-            message.push_str(&format!("  | {line}\n"));
-        }
+        message.push_str(&indented(&self.log_tail(ERROR_LOG_LINES)));
         self.error(kind, message)
     }
+}
+
+/// A log excerpt for an error message: indented, and ended by a newline so that the error's
+/// context pairs do not run into the log.
+pub(crate) fn indented(log: &str) -> String {
+    log.lines().map(|line| format!("  | {line}\n")).collect()
 }
 
 impl Drop for BrokerProcess {

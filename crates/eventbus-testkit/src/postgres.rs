@@ -429,10 +429,7 @@ impl PostgresProcess {
             self.port,
             self.log_path().display()
         );
-        // Indented, and ended by a newline so that the context pairs do not run into the log.
-        for line in self.log_tail(ERROR_LOG_LINES).lines() {
-            message.push_str(&format!("  | {line}\n"));
-        }
+        message.push_str(&crate::fixture::indented(&self.log_tail(ERROR_LOG_LINES)));
         self.error(kind, message)
     }
 }
