@@ -18,10 +18,13 @@
 //! - **max**: `EVENTBUS_BENCH_MESSAGES` events (default 50000) published as fast as `send_batch`
 //!   of 100 goes, timed from the first publish until every event is handled.
 //!
-//! After both, the journal's rows are counted (two per event: the producer's and the consumer
-//! group's) and its losses read. `EVENTBUS_BENCH_ROUNDS` (default 3) sets the rounds; each round
-//! runs the variants in a rotated order, and medians are reported. `EVENTBUS_BENCH_VARIANTS`
-//! (default `none,sqlite,postgres`) picks variants, e.g. for profiling one of them.
+//! Rows the journal dropped (its queue full) or could not write are counted per phase: the CPU
+//! figure covers only the rows it did write. After both phases the rows are counted (two per
+//! event: the producer's and the consumer group's) against written + lost.
+//!
+//! `EVENTBUS_BENCH_ROUNDS` (default 3) sets the rounds; each round runs the variants in a
+//! rotated order, and medians are reported. `EVENTBUS_BENCH_VARIANTS` (default
+//! `none,sqlite,postgres`) picks variants, e.g. for profiling one of them.
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
@@ -107,22 +110,23 @@ impl Cpu {
         Self { ticks_per_second }
     }
 
-    /// (ppid, utime + stime [+ cutime + cstime]) of `/proc/{pid}/stat`, in clock ticks.
-    fn stat(pid: &str, children: bool) -> Option<(u64, u64)> {
+    /// The numeric fields of `/proc/{pid}/stat` from the state on (the state itself reads as 0):
+    /// `[1]` is the ppid, `[11]` utime, `[12]` stime, `[13]` cutime, `[14]` cstime, in clock ticks.
+    fn fields(pid: &str) -> Option<Vec<u64>> {
         let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name may hold spaces and parentheses: the fields start after the last `)`.
-        let fields: Vec<&str> = text
-            .get(text.rfind(')')? + 1..)?
-            .split_whitespace()
-            .collect();
-        let num = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // fields[0] is the state (field 3 of proc(5)): ppid is 4, utime 14, stime 15, cutime 16,
-        // cstime 17.
+        let rest = text.get(text.rfind(')')? + 1..)?;
+        Some(
+            rest.split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect(),
+        )
+    }
+
+    /// (ppid, utime + stime [+ cutime + cstime]) of a process, in clock ticks.
+    fn stat(pid: &str, children: bool) -> Option<(u64, u64)> {
+        let f = Self::fields(pid)?;
+        let num = |i: usize| f.get(i).copied().unwrap_or(0);
         let mut ticks = num(11) + num(12);
         if children {
             ticks += num(13) + num(14);
@@ -134,9 +138,11 @@ impl Cpu {
         ticks as f64 / self.ticks_per_second
     }
 
-    /// This process's CPU time.
-    fn process(&self) -> f64 {
-        self.seconds(Self::stat("self", false).map_or(0, |(_, t)| t))
+    /// This process's CPU time in seconds: (user + system, system).
+    fn process(&self) -> (f64, f64) {
+        let f = Self::fields("self").unwrap_or_default();
+        let num = |i: usize| f.get(i).copied().unwrap_or(0);
+        (self.seconds(num(11) + num(12)), self.seconds(num(12)))
     }
 
     /// The CPU time of the PostgreSQL server: the postmaster, its live children (backends,
@@ -186,6 +192,13 @@ struct Phase {
     flush: Duration,
     /// Process CPU seconds per event (including the flush).
     cpu: f64,
+    /// The part of `cpu` spent in the kernel.
+    sys: f64,
+    /// Journal rows dropped (queue full) or refused during the phase.
+    lost: u64,
+    /// Journal rows per second written over the phase: two per event, from the first publish
+    /// until the flush returned.
+    written: f64,
     /// PostgreSQL server CPU seconds per event.
     server_cpu: f64,
 }
@@ -251,6 +264,8 @@ async fn phase(
     }
 
     let server = |pm: Option<u64>| pm.map_or(0.0, |pm| cpu.server(pm));
+    let losses = || journal.map_or(0, |j| j.losses().0 + j.losses().1);
+    let lost0 = losses();
     let (cpu0, server0) = (cpu.process(), server(postmaster));
     let t0 = Instant::now();
     match per_second {
@@ -288,6 +303,12 @@ async fn phase(
     }
     let flush = flushed.elapsed();
     let (cpu1, server1) = (cpu.process(), server(postmaster));
+    let lost = losses() - lost0;
+    let written = if journal.is_some() {
+        rate((2 * n).saturating_sub(lost as usize), handled_in + flush)
+    } else {
+        0.0
+    };
     consumer.shutdown().await.expect("shutdown");
     let lag = handled_in.saturating_sub(published_in);
     Phase {
@@ -296,7 +317,10 @@ async fn phase(
         kept_up: all && lag <= DRAIN,
         published_in,
         flush,
-        cpu: (cpu1 - cpu0) / n as f64,
+        cpu: (cpu1.0 - cpu0.0) / n as f64,
+        sys: (cpu1.1 - cpu0.1) / n as f64,
+        written,
+        lost,
         server_cpu: (server1 - server0) / n as f64,
     }
 }
@@ -459,9 +483,9 @@ async fn main() {
         max.len()
     );
     println!(
-        "| round | variant | CPU µs/event at {per_second:.0}/s | + server | handled/s | lag | kept up | flush | max events/s | CPU µs/event at max | rows / expected | dropped, failed |"
+        "| round | variant | CPU µs/event at {per_second:.0}/s (of it kernel) | + server | handled/s | lag | kept up | journal: flush after, rows/s written, lost | max events/s | CPU µs/event at max | max: journal flush after, rows/s written, lost | rows / expected | dropped, failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
         for k in 0..variants.len() {
@@ -478,10 +502,23 @@ async fn main() {
             };
             let r = run(variant, round, database, &cpu, &paced, &max, per_second).await;
             let journal = variant != Variant::None;
+            let flush = |p: &Phase| {
+                if journal {
+                    format!(
+                        "{:.0} ms, {:.0}, {} lost",
+                        p.flush.as_secs_f64() * 1e3,
+                        p.written,
+                        p.lost
+                    )
+                } else {
+                    "–".into()
+                }
+            };
             println!(
-                "| {round} | {} | {:.1} | {} | {:.0} | {:.0} ms | {} | {} | {:.0} | {:.1} | {} | {} |",
+                "| {round} | {} | {:.1} ({:.1}) | {} | {:.0} | {:.0} ms | {} | {} | {:.0} | {:.1} | {} | {} | {} |",
                 variant.name(),
                 us(r.paced.cpu),
+                us(r.paced.sys),
                 if variant == Variant::Postgres {
                     format!("{:.1}", us(r.paced.server_cpu))
                 } else {
@@ -490,13 +527,10 @@ async fn main() {
                 r.paced.handled_rate,
                 r.paced.lag.as_secs_f64() * 1e3,
                 if r.paced.kept_up { "yes" } else { "no" },
-                if journal {
-                    format!("{:.0} ms", r.paced.flush.as_secs_f64() * 1e3)
-                } else {
-                    "–".into()
-                },
+                flush(&r.paced),
                 r.max.handled_rate,
                 us(r.max.cpu),
+                flush(&r.max),
                 if journal {
                     format!("{} / {}", r.rows, r.expected_rows)
                 } else {
@@ -523,9 +557,9 @@ async fn main() {
     println!();
     println!("medians of {rounds} rounds");
     println!(
-        "| variant | CPU µs/event at {per_second:.0}/s | / none (goal ≤ 1.15) | + PostgreSQL server | kept up | max events/s | / none | max flush after handled | rows written, dropped, failed (all rounds) |"
+        "| variant | CPU µs/event at {per_second:.0}/s | / none (goal ≤ 1.15) | + PostgreSQL server | kept up | journal caught up after (paced) | max events/s | / none | journal caught up after (max) | rows written of expected; lost paced + max (all rounds) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, variant) in variants.iter().enumerate() {
         let cpu_paced = pick(i, &|r| r.paced.cpu);
         let max_rate = pick(i, &|r| r.max.handled_rate);
@@ -535,16 +569,17 @@ async fn main() {
         };
         let kept = results[i].iter().filter(|r| r.paced.kept_up).count();
         let journal = *variant != Variant::None;
-        let (rows, expected, dropped, failed) = results[i].iter().fold((0, 0, 0, 0), |a, r| {
-            (
-                a.0 + r.rows,
-                a.1 + r.expected_rows,
-                a.2 + r.dropped,
-                a.3 + r.failed,
-            )
-        });
+        let (rows, expected, lost_paced, lost_max) =
+            results[i].iter().fold((0, 0, 0, 0), |a, r| {
+                (
+                    a.0 + r.rows,
+                    a.1 + r.expected_rows,
+                    a.2 + r.paced.lost,
+                    a.3 + r.max.lost,
+                )
+            });
         println!(
-            "| {} | {:.1} | {} | {} | {kept} of {} | {:.0} | {} | {} | {} |",
+            "| {} | {:.1} | {} | {} | {kept} of {} | {} | {:.0} | {} | {} | {} |",
             variant.label(),
             us(cpu_paced),
             ratio(cpu_paced, &|r| r.paced.cpu),
@@ -554,6 +589,11 @@ async fn main() {
                 "–".into()
             },
             results[i].len(),
+            if journal {
+                format!("{:.0} ms", pick(i, &|r| r.paced.flush.as_secs_f64()) * 1e3)
+            } else {
+                "–".into()
+            },
             max_rate,
             ratio(max_rate, &|r| r.max.handled_rate),
             if journal {
@@ -562,7 +602,7 @@ async fn main() {
                 "–".into()
             },
             if journal {
-                format!("{rows} of {expected}, {dropped}, {failed}")
+                format!("{rows} of {expected}; {lost_paced} + {lost_max}")
             } else {
                 "–".into()
             },

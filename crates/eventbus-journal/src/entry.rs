@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use eventbus::Headers;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Which side recorded the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,14 +131,37 @@ pub struct Entry {
 /// Headers as stored: a JSON list of `[name, value]`, values as text where they are UTF-8 and
 /// `{"base16": …}` where they are not, so no byte is lost.
 pub(crate) fn headers_to_json(headers: &Headers) -> String {
-    let list: Vec<Value> = headers
-        .iter()
-        .map(|(name, value)| match std::str::from_utf8(value) {
-            Ok(text) => json!([name, text]),
-            Err(_) => json!([name, { "base16": base16(value) }]),
-        })
-        .collect();
-    Value::Array(list).to_string()
+    // Written straight into the text: a `Value` tree per header cost as much as the bus's
+    // whole work on an event.
+    let mut out = String::with_capacity(64 * headers.len() + 2);
+    out.push('[');
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        push_json_string(&mut out, name);
+        out.push(',');
+        match std::str::from_utf8(value) {
+            Ok(text) => push_json_string(&mut out, text),
+            Err(_) => {
+                out.push_str("{\"base16\":\"");
+                out.push_str(&base16(value));
+                out.push_str("\"}");
+            }
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    // serde_json's own escaping, without building a value.
+    match serde_json::to_string(text) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
 }
 
 pub(crate) fn headers_from_json(text: &str) -> Headers {

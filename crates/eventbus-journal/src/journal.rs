@@ -245,15 +245,17 @@ impl Journal {
             settings: Arc::new(settings),
         };
         if journal.settings.max_age.is_some() || journal.settings.max_rows.is_some() {
-            let retention = journal.clone();
+            // A weak handle: retention must not keep the journal (and its writer) alive.
+            let alive = journal.queue.downgrade();
+            let (store, settings) = (journal.store.clone(), Arc::clone(&journal.settings));
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(retention.settings.retention_interval);
+                let mut tick = tokio::time::interval(settings.retention_interval);
                 loop {
                     tick.tick().await;
-                    if retention.queue.is_closed() {
+                    if alive.upgrade().is_none() {
                         break;
                     }
-                    if let Err(e) = retention.purge().await {
+                    if let Err(e) = purge(&store, &settings).await {
                         tracing::warn!(error = %e, "journal retention failed; trying again later");
                     }
                 }
@@ -406,35 +408,41 @@ impl Journal {
     /// Applies retention now: deletes rows older than the age limit and beyond the row limit;
     /// returns how many went.
     pub async fn purge(&self) -> Result<u64> {
-        let mut deleted = 0;
-        if let Some(age) = self.settings.max_age {
-            let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            let done = sqlx::query("DELETE FROM eventbus_journal WHERE updated_at < $1")
+        purge(&self.store, &self.settings).await
+    }
+}
+
+async fn purge(store: &Store, settings: &JournalSettings) -> Result<u64> {
+    let mut deleted = 0;
+    if let Some(age) = settings.max_age {
+        let cutoff = now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query("DELETE FROM eventbus_journal WHERE updated_at < $1")
+            .bind(cutoff)
+            .execute(store.pool())
+            .await
+            .map_err(|e| store.error(e))?;
+        deleted += done.rows_affected();
+    }
+    if let Some(max) = settings.max_rows {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let row = sqlx::query(
+            "SELECT updated_at FROM eventbus_journal ORDER BY updated_at DESC LIMIT 1 OFFSET $1",
+        )
+        .bind(max)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(|e| store.error(e))?;
+        if let Some(row) = row {
+            let cutoff: i64 = row.try_get(0).map_err(|e| store.error(e))?;
+            let done = sqlx::query("DELETE FROM eventbus_journal WHERE updated_at <= $1")
                 .bind(cutoff)
-                .execute(self.store.pool())
+                .execute(store.pool())
                 .await
-                .map_err(|e| self.store.error(e))?;
+                .map_err(|e| store.error(e))?;
             deleted += done.rows_affected();
         }
-        if let Some(max) = self.settings.max_rows {
-            let max = i64::try_from(max).unwrap_or(i64::MAX);
-            let row = sqlx::query("SELECT updated_at FROM eventbus_journal ORDER BY updated_at DESC LIMIT 1 OFFSET $1")
-                .bind(max)
-                .fetch_optional(self.store.pool())
-                .await
-                .map_err(|e| self.store.error(e))?;
-            if let Some(row) = row {
-                let cutoff: i64 = row.try_get(0).map_err(|e| self.store.error(e))?;
-                let done = sqlx::query("DELETE FROM eventbus_journal WHERE updated_at <= $1")
-                    .bind(cutoff)
-                    .execute(self.store.pool())
-                    .await
-                    .map_err(|e| self.store.error(e))?;
-                deleted += done.rows_affected();
-            }
-        }
-        Ok(deleted)
     }
+    Ok(deleted)
 }
 
 const DEAD_LETTER_HEADERS: [&str; 7] = [

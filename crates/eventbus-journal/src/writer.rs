@@ -2,11 +2,11 @@
 //! each, off every event's path. A full queue or a failing database costs rows, never events:
 //! what could not be written is counted and said.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Acquire;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{headers_to_json, Entry};
@@ -27,15 +27,35 @@ pub(crate) struct Losses {
     pub(crate) failed: AtomicU64,
 }
 
-const UPSERT: &str = "INSERT INTO eventbus_journal (event_id, side, consumer_group, event_type, topic, event_key, message_key, position, source, event_time, payload, payload_size, headers, status, attempts, last_error, duration_us, first_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-ON CONFLICT (event_id, side, consumer_group, topic) DO UPDATE SET
+const COLUMNS: usize = 19;
+
+/// One statement for a whole batch: a row per statement cost a round trip to the database (or
+/// to sqlx's SQLite thread) each.
+fn upsert(rows: usize) -> String {
+    let mut sql = String::with_capacity(400 + rows * COLUMNS * 5);
+    sql.push_str("INSERT INTO eventbus_journal (event_id, side, consumer_group, event_type, topic, event_key, message_key, position, source, event_time, payload, payload_size, headers, status, attempts, last_error, duration_us, first_at, updated_at) VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * COLUMNS + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(
+        " ON CONFLICT (event_id, side, consumer_group, topic) DO UPDATE SET
     status = excluded.status,
     attempts = CASE WHEN excluded.attempts > eventbus_journal.attempts THEN excluded.attempts ELSE eventbus_journal.attempts END,
     last_error = COALESCE(excluded.last_error, eventbus_journal.last_error),
     position = COALESCE(excluded.position, eventbus_journal.position),
     duration_us = excluded.duration_us,
-    updated_at = excluded.updated_at";
+    updated_at = excluded.updated_at",
+    );
+    sql
+}
 
 pub(crate) async fn run(
     store: Store,
@@ -63,8 +83,8 @@ pub(crate) async fn run(
             }
         }
         if !rows.is_empty() {
-            write(&store, &rows, &losses).await;
-            rows.clear();
+            let merged = merge(std::mem::take(&mut rows));
+            write(&store, &merged, &losses).await;
         }
         for waiter in waiters.drain(..) {
             let _ = waiter.send(());
@@ -102,11 +122,43 @@ async fn write(store: &Store, rows: &[Entry], losses: &Losses) {
     }
 }
 
-async fn try_write(store: &Store, rows: &[Entry]) -> Result<(), sqlx::Error> {
-    let mut conn = store.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    for row in rows {
-        sqlx::query(UPSERT)
+/// A later row of the same event wins; the attempts and the last error of an earlier one (a
+/// failed attempt before the final outcome) are kept, as the upsert keeps them across
+/// statements (one statement may not touch a row twice).
+fn merge(rows: Vec<Entry>) -> Vec<Entry> {
+    let mut index: HashMap<(String, &'static str, String, String), usize> =
+        HashMap::with_capacity(rows.len());
+    let mut merged: Vec<Entry> = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        let key = (
+            row.event_id.clone(),
+            row.side.as_str(),
+            row.group.clone(),
+            row.topic.clone(),
+        );
+        match index.get(&key) {
+            Some(&at) => {
+                let earlier = &mut merged[at];
+                row.attempts = row.attempts.max(earlier.attempts);
+                row.last_error = row.last_error.or_else(|| earlier.last_error.take());
+                row.position = row.position.or_else(|| earlier.position.take());
+                row.first_at = earlier.first_at;
+                *earlier = row;
+            }
+            None => {
+                index.insert(key, merged.len());
+                merged.push(row);
+            }
+        }
+    }
+    merged
+}
+
+async fn try_write(store: &Store, merged: &[Entry]) -> Result<(), sqlx::Error> {
+    let sql = upsert(merged.len());
+    let mut query = sqlx::query(&sql);
+    for row in merged {
+        query = query
             .bind(row.event_id.clone())
             .bind(row.side.as_str())
             .bind(row.group.clone())
@@ -128,9 +180,7 @@ async fn try_write(store: &Store, rows: &[Entry]) -> Result<(), sqlx::Error> {
                     .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
             )
             .bind(row.first_at.timestamp_millis())
-            .bind(row.updated_at.timestamp_millis())
-            .execute(&mut *tx)
-            .await?;
+            .bind(row.updated_at.timestamp_millis());
     }
-    tx.commit().await
+    query.execute(store.pool()).await.map(drop)
 }

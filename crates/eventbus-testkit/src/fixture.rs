@@ -372,8 +372,13 @@ impl BrokerProcess {
                 return Err(self.startup_error(ErrorKind::Connection, format!("exited ({status})")));
             }
             let probe = tokio::time::timeout(POLL_INTERVAL, TcpStream::connect(addr)).await;
-            if let Ok(Ok(_)) = probe {
-                return Ok(());
+            if let Ok(Ok(stream)) = probe {
+                // A connect to a port nobody listens on can, now and then, connect to itself
+                // (TCP simultaneous open, when the kernel picks that same port as the source):
+                // that is no broker.
+                if stream.local_addr().ok() != stream.peer_addr().ok() {
+                    return Ok(());
+                }
             }
             if Instant::now() >= deadline {
                 // Waiting for the exit makes the log complete and frees the port.
