@@ -154,10 +154,35 @@ fn merge(rows: Vec<Entry>) -> Vec<Entry> {
     merged
 }
 
+/// Rows per statement. A fixed size keeps the statement text the same, so the driver prepares
+/// it once (SQLite parses a statement of thousands of parameters slowly); the rows left over go
+/// one statement each, all in one transaction.
+const CHUNK: usize = 32;
+
 async fn try_write(store: &Store, merged: &[Entry]) -> Result<(), sqlx::Error> {
-    let sql = upsert(merged.len());
-    let mut query = sqlx::query(&sql);
-    for row in merged {
+    let mut conn = store.pool().acquire().await?;
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await?;
+    let (full, single) = (upsert(CHUNK), upsert(1));
+    for chunk in merged.chunks(CHUNK) {
+        if chunk.len() == CHUNK {
+            bind_rows(sqlx::query(&full), chunk)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            for row in chunk {
+                bind_rows(sqlx::query(&single), std::slice::from_ref(row))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_rows<'q>(mut query: AnyQuery<'q>, rows: &[Entry]) -> AnyQuery<'q> {
+    for row in rows {
         query = query
             .bind(row.event_id.clone())
             .bind(row.side.as_str())
@@ -182,5 +207,5 @@ async fn try_write(store: &Store, merged: &[Entry]) -> Result<(), sqlx::Error> {
             .bind(row.first_at.timestamp_millis())
             .bind(row.updated_at.timestamp_millis());
     }
-    query.execute(store.pool()).await.map(drop)
+    query
 }
