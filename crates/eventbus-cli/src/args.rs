@@ -8,11 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes, shown under every `--help`.
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
-  0  done
-  1  the command failed (broker unreachable, bad input, …); the message says what and where
-  2  the command line is wrong (unknown flag, missing argument)
-  3  a consumer started by `run` stopped on errors (too many failures in a row)
-  130 interrupted before it was done (Ctrl-C)
+  0    done
+  1    the command failed (broker unreachable, bad input, …); the message says what and where
+  2    the command line is wrong (unknown flag, missing argument)
+  3    a consumer started by `run` stopped on errors (too many failures in a row)
+  130  interrupted before it was done (Ctrl-C)
 
 Settings come from the same environment as the library: EVENT_BUS_URL, EVENT_BUS_BACKEND,
 EVENT_BUS_TOPIC_PREFIX, EVENT_BUS_SERIALIZER, EVENT_BUS_<BACKEND>_*, …; flags win over them.";

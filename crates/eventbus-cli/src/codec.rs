@@ -109,7 +109,7 @@ impl Codec {
                 let full = producer.settings().full_topic(topic);
                 let message = schema_type.encode(bus, &full, data, key).await?;
                 let message = with_headers(message, headers)?;
-                Ok(single(producer.publish(&full, vec![message]).await?))
+                single(producer.publish(&full, vec![message]).await?)
             }
             Codec::Raw => {
                 let payload = match data {
@@ -139,10 +139,13 @@ impl Codec {
     }
 }
 
-fn single(mut positions: Vec<Position>) -> Position {
-    positions
-        .pop()
-        .unwrap_or(Position::MessageId(String::new()))
+fn single(mut positions: Vec<Position>) -> Result<Position, CliError> {
+    positions.pop().ok_or_else(|| {
+        CliError::from(eventbus::Error::new(
+            eventbus::ErrorKind::Publish,
+            "the backend confirmed no message; this is a backend bug",
+        ))
+    })
 }
 
 fn with_headers(mut message: Message, headers: &[(String, String)]) -> Result<Message, CliError> {
