@@ -234,15 +234,31 @@ impl Session<'_> {
                 "consumer `{name}` has no topics; give --topics"
             )));
         };
-        let mut consumer = self.bus.consumer(first, &group);
-        for topic in rest {
-            consumer = consumer.topic(topic);
-        }
-        let consumer = consumer
-            .name(format!("{name}-{}", eventbus::metadata::host_name()))
-            .configure(|s| file.apply(s));
-        Ok((named.build)(consumer))
+        Ok(build_named(
+            &self.bus, name, named, &file, &group, first, rest,
+        ))
     }
+}
+
+/// A named consumer on `bus`: its topics, group, a member name that survives restarts, the
+/// file's settings, then the receivers its code adds.
+pub(crate) fn build_named(
+    bus: &eventbus::Bus,
+    name: &str,
+    named: &Named,
+    file: &ConsumerConfig,
+    group: &str,
+    first: &str,
+    rest: &[String],
+) -> Consumer {
+    let mut consumer = bus.consumer(first, group);
+    for topic in rest {
+        consumer = consumer.topic(topic);
+    }
+    let consumer = consumer
+        .name(format!("{name}-{}", eventbus::metadata::host_name()))
+        .configure(|s| file.apply(s));
+    (named.build)(consumer)
 }
 
 /// Topics and group: the command line's, else the file's, else the code's.

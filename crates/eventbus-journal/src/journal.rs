@@ -385,7 +385,7 @@ impl Journal {
             .ok_or_else(|| JournalError::NotFound(event_id.to_owned()))?;
         let mut headers = row.headers.clone();
         // Retry bookkeeping of the dead-letter topic is not part of the event.
-        for name in DEAD_LETTER_HEADERS {
+        for name in eventbus::consumer::dead_letter::header::ALL {
             headers.remove(name);
         }
         if id == EventId::New {
@@ -444,16 +444,6 @@ async fn purge(store: &Store, settings: &JournalSettings) -> Result<u64> {
     }
     Ok(deleted)
 }
-
-const DEAD_LETTER_HEADERS: [&str; 7] = [
-    "dlq_reason",
-    "dlq_error",
-    "dlq_attempts",
-    "dlq_original_topic",
-    "dlq_original_position",
-    "dlq_group",
-    "dlq_time",
-];
 
 enum Arg {
     Text(String),

@@ -293,14 +293,7 @@ impl BrokerProcess {
 
     /// The last `lines` lines of the log, or a note saying why it cannot be read.
     pub fn log_tail(&self, lines: usize) -> String {
-        match std::fs::read(self.log_path()) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let all: Vec<&str> = text.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
-            }
-            Err(e) => format!("<cannot read {}: {e}>", self.log_path().display()),
-        }
+        log_tail(&self.log_path(), lines)
     }
 
     /// Stops the broker gracefully with SIGTERM, killing it if it has not exited within 10s.
@@ -414,6 +407,18 @@ impl BrokerProcess {
         );
         message.push_str(&indented(&self.log_tail(ERROR_LOG_LINES)));
         self.error(kind, message)
+    }
+}
+
+/// The last `lines` lines of the log at `path`, or a note saying why it cannot be read.
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }
 

@@ -118,14 +118,7 @@ impl PostgresProcess {
 
     /// The last `lines` lines of the log, or a note saying why it cannot be read.
     pub fn log_tail(&self, lines: usize) -> String {
-        match std::fs::read(self.log_path()) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let all: Vec<&str> = text.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
-            }
-            Err(e) => format!("<cannot read {}: {e}>", self.log_path().display()),
-        }
+        crate::fixture::log_tail(&self.log_path(), lines)
     }
 
     /// Runs SQL with `psql` in the database [`DATABASE`] and returns the rows unaligned

@@ -147,15 +147,7 @@ pub(super) async fn redrive(
 /// A dead letter as its original: the `dlq_*` headers taken off, the rest as it was.
 fn undead(message: &Message) -> Message {
     let mut message = message.clone();
-    for name in [
-        dlq::REASON,
-        dlq::ERROR,
-        dlq::ATTEMPTS,
-        dlq::ORIGINAL_TOPIC,
-        dlq::ORIGINAL_POSITION,
-        dlq::GROUP,
-        dlq::TIME,
-    ] {
+    for name in dlq::ALL {
         message.headers.remove(name);
     }
     message

@@ -8,7 +8,7 @@ use eventbus_journal::{Entry, EventId, Filter, Journal, JournalSettings};
 use serde_json::{json, Value};
 
 use super::tail::Table;
-use crate::app::{resolve, Session};
+use crate::app::{build_named, resolve, Session};
 use crate::args::{self, DashboardArgs, JournalUrl};
 use crate::codec::text_or_bytes;
 use crate::error::CliError;
@@ -123,18 +123,12 @@ pub(super) async fn dashboard(
             .cloned()
             .unwrap_or_default();
         let (topics, group) = resolve(named, &file, None, &[]);
-        let (named, journal, member) = (
-            named.clone(),
-            journal.clone(),
-            format!("{name}-{}", eventbus::metadata::host_name()),
-        );
+        let (name, named, journal) = (name.clone(), named.clone(), journal.clone());
         dashboard = dashboard.consumer(name.clone(), move |bus| {
-            let mut consumer = bus.consumer(topics.first().map_or("", String::as_str), &group);
-            for topic in topics.iter().skip(1) {
-                consumer = consumer.topic(topic);
-            }
-            let consumer = consumer.name(member.clone()).configure(|s| file.apply(s));
-            journal.attach((named.build)(consumer))
+            let (first, rest) = topics
+                .split_first()
+                .map_or(("", &[][..]), |(f, r)| (f.as_str(), r));
+            journal.attach(build_named(bus, &name, &named, &file, &group, first, rest))
         });
     }
     if args.start_consumers {

@@ -25,6 +25,16 @@ pub mod header {
     pub const GROUP: &str = "dlq_group";
     /// When it was dead-lettered.
     pub const TIME: &str = "dlq_time";
+    /// Every header above: what a redrive takes off to give back the original.
+    pub const ALL: [&str; 7] = [
+        REASON,
+        ERROR,
+        ATTEMPTS,
+        ORIGINAL_TOPIC,
+        ORIGINAL_POSITION,
+        GROUP,
+        TIME,
+    ];
 }
 
 /// Why a message was dead-lettered.
