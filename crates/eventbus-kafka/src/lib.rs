@@ -93,6 +93,8 @@
 
 mod client;
 mod consumer;
+#[cfg(feature = "mock")]
+pub mod mock;
 mod probe;
 mod producer;
 mod registry;

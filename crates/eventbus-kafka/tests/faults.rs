@@ -18,7 +18,7 @@ use support::{message, take, Mock};
 /// cluster goes down and comes back with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_on_the_mock_cluster() {
-    let mock = Arc::new(Mock::start(3));
+    let mock = Arc::new(Mock::start(3).expect("start the mock cluster"));
     let (for_connect, for_restart) = (mock.clone(), mock.clone());
     let target = Target::new("kafka on MockCluster", move || {
         eventbus_kafka::connect(for_connect.settings())
@@ -62,7 +62,7 @@ fn bodies(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_down_while_producing_and_consuming_lose_nothing() {
-    let mock = Arc::new(Mock::start(1));
+    let mock = Arc::new(Mock::start(1).expect("start the mock cluster"));
     let transport = eventbus_kafka::connect(mock.settings()).await.unwrap();
     let sent = bodies("m", 200);
 
@@ -100,7 +100,7 @@ async fn brokers_down_while_producing_and_consuming_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_produce_requests_are_retried_without_duplicates() {
-    let mock = Mock::start(1);
+    let mock = Mock::start(1).expect("start the mock cluster");
     let transport = eventbus_kafka::connect(mock.settings()).await.unwrap();
     // Create the topic first, so that the errors hit the messages' own requests.
     publish_all(&transport, "flaky", &["warm-up".to_owned()]).await;
@@ -135,7 +135,7 @@ async fn failing_produce_requests_are_retried_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_commits_skip_nothing() {
-    let mock = Mock::start(1);
+    let mock = Mock::start(1).expect("start the mock cluster");
     let transport = eventbus_kafka::connect(mock.settings()).await.unwrap();
     let first = bodies("a", 40);
     publish_all(&transport, "commits", &first).await;
@@ -173,7 +173,7 @@ async fn failing_commits_skip_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_partition_is_paused_and_resumed_in_order() {
-    let mock = Mock::start(1);
+    let mock = Mock::start(1).expect("start the mock cluster");
     let mut settings = mock.settings();
     settings.partition_buffer = 5;
     let transport = eventbus_kafka::connect(settings).await.unwrap();

@@ -7,7 +7,7 @@ use support::Mock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_switched_off_refuse_to_subscribe_and_name_the_setting() {
-    let mock = Mock::start(1);
+    let mock = Mock::start(1).expect("start the mock cluster");
     let mut settings = mock.settings();
     settings.consumers_enabled = false;
     let transport = eventbus_kafka::connect(settings).await.unwrap();

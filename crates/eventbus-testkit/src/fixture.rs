@@ -144,14 +144,37 @@ fn pulsar_lite_args(ctx: &LaunchContext) -> Vec<String> {
     .to_vec()
 }
 
+impl BrokerSpec {
+    /// [`BrokerSpec::tansu`] telling clients to connect to its first extra port instead of the
+    /// one it listens on: put a [`FaultProxy`](crate::fault_proxy::FaultProxy) there
+    /// (`FaultProxy::start_on(broker.extra_ports()[0], broker.addr())`), or Kafka clients would
+    /// leave the proxy after their first metadata answer.
+    pub fn tansu_behind_proxy() -> Self {
+        Self {
+            args: tansu_args_behind_proxy,
+            extra_ports: 1,
+            ..Self::tansu()
+        }
+    }
+}
+
 fn tansu_args(ctx: &LaunchContext) -> Vec<String> {
-    let url = format!("tcp://127.0.0.1:{}", ctx.port);
+    tansu_command(ctx.port, ctx.port)
+}
+
+fn tansu_args_behind_proxy(ctx: &LaunchContext) -> Vec<String> {
+    tansu_command(ctx.port, ctx.extra_ports.first().copied().unwrap_or(ctx.port))
+}
+
+fn tansu_command(port: u16, advertised: u16) -> Vec<String> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
     [
         "broker",
         "--listener-url",
         &url,
         "--advertised-listener-url",
-        &url,
+        &advertised,
         "--storage-engine",
         "memory://tansu/",
     ]

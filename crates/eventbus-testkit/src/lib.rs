@@ -6,7 +6,7 @@
 //! |---|---|
 //! | (none) | [`memory`], [`capture`], [`openedx`] |
 //! | `conformance` | `conformance` (the suite), `bench` (what the throughput benches share) |
-//! | `fixtures` | `fixture` (redis-server, tansu, pulsar-lite on free ports), `pulsar_proxy`, the `with-broker` runner |
+//! | `fixtures` | `fixture` (redis-server, tansu, pulsar-lite on free ports), `pulsar_proxy`, `fault_proxy` (latency, resets, black holes), the `with-broker` runner |
 //! | `registry` | `fixtures` and `registry`, a schema-registry server for Kafka tests |
 //!
 //! The facade's `memory` feature uses this crate without features, so a production build
@@ -18,6 +18,8 @@ pub mod bench;
 pub mod capture;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "fixtures")]
+pub mod fault_proxy;
 #[cfg(feature = "fixtures")]
 pub mod fixture;
 pub mod memory;

@@ -1,13 +1,10 @@
 //! Helpers shared by this crate's integration tests.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use eventbus::{DeliveryStream, Message};
 use eventbus_kafka::KafkaSettings;
-use rdkafka::mocking::MockCluster;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// How long a test waits for one delivery.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -54,77 +51,5 @@ pub(crate) async fn take(stream: &mut DeliveryStream) -> String {
 pub(crate) static REASSIGNED: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-enum Op {
-    Down,
-    Up,
-    RequestErrors(RDKafkaApiKey, Vec<RDKafkaRespErr>),
-}
-
-/// rdkafka's in-process mock cluster, on a thread of its own (it cannot cross threads), driven
-/// through a channel. Topics are created automatically on first use.
-pub(crate) struct Mock {
-    bootstrap: String,
-    brokers: i32,
-    ops: mpsc::Sender<(Op, mpsc::Sender<()>)>,
-}
-
-impl Mock {
-    pub(crate) fn start(brokers: i32) -> Self {
-        let (ops, rx) = mpsc::channel::<(Op, mpsc::Sender<()>)>();
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            let cluster = MockCluster::new(brokers).expect("create the mock cluster");
-            ready_tx
-                .send(cluster.bootstrap_servers())
-                .expect("report the bootstrap servers");
-            for (op, done) in rx {
-                match op {
-                    Op::Down => (1..=brokers).for_each(|b| drop(cluster.broker_down(b))),
-                    Op::Up => (1..=brokers).for_each(|b| drop(cluster.broker_up(b))),
-                    Op::RequestErrors(api, errors) => cluster.request_errors(api, &errors),
-                }
-                let _ = done.send(());
-            }
-        });
-        let bootstrap = ready.recv().expect("the mock cluster started");
-        Self {
-            bootstrap,
-            brokers,
-            ops,
-        }
-    }
-
-    fn run(&self, op: Op) {
-        let (done, wait) = mpsc::channel();
-        self.ops.send((op, done)).expect("the mock cluster runs");
-        wait.recv().expect("the mock cluster answered");
-    }
-
-    /// Every broker down: connections drop, requests fail until [`Mock::up`].
-    pub(crate) fn down(&self) {
-        self.run(Op::Down);
-    }
-
-    /// Every broker back.
-    pub(crate) fn up(&self) {
-        self.run(Op::Up);
-    }
-
-    /// The next requests of `api` fail with `errors`, one each, in order.
-    pub(crate) fn fail_next(&self, api: RDKafkaApiKey, errors: Vec<RDKafkaRespErr>) {
-        self.run(Op::RequestErrors(api, errors));
-    }
-
-    /// Settings for this cluster: no CreateTopics (the mock lacks it), automatic creation instead.
-    pub(crate) fn settings(&self) -> KafkaSettings {
-        let mut s =
-            quick(KafkaSettings::new(&self.bootstrap)).property("allow.auto.create.topics", "true");
-        s.create_topics = false;
-        s
-    }
-
-    /// How many brokers the cluster has.
-    pub(crate) fn brokers(&self) -> i32 {
-        self.brokers
-    }
-}
+/// rdkafka's mock cluster, from the crate's `mock` feature.
+pub(crate) use eventbus_kafka::mock::MockKafka as Mock;

@@ -1,0 +1,199 @@
+//! Scenario 4: hostile bytes on a topic.
+//!
+//! 10,000 malformed messages, ten before each of 1,000 good events, straight onto the topic
+//! through the transport: random bytes, truncated Avro, a wrong schema (an unknown schema id in
+//! the Confluent frame on Kafka, an event type nobody registered elsewhere), a 64 KiB header,
+//! an empty key without an event id, and a `ce_type` that is not UTF-8. Every bad message must
+//! reach the dead-letter topic with its reason, every good one must be handled, the consumer
+//! must keep running, and memory must stay bounded.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use eventbus::consumer::dead_letter::{self, header};
+use eventbus::{Bus, Message, StartPosition, Subscription};
+use futures::StreamExt;
+
+use super::{peak_rss_mib, receive, rss_mib, unique, Scale};
+use crate::ledger::Ledger;
+use crate::probe::Probe;
+use crate::rig::{wait_until, Backend, Path, Rig};
+use crate::row::Row;
+
+const SETTLE: Duration = Duration::from_secs(180);
+/// Bad messages are numbered from here, good events from 0.
+const BAD: u64 = 1_000_000;
+/// Each bad message carries its number in this header, which dead letters keep.
+const SEQ_HEADER: &str = "x_reliability_seq";
+const KINDS: [&str; 6] = [
+    "random bytes",
+    "truncated avro",
+    "wrong schema",
+    "huge header",
+    "empty key, no id",
+    "non-utf-8 type",
+];
+
+pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
+    let rig = Rig::start(backend, Path::Direct).await?;
+    let good = scale.pick(1_000u64, 200);
+    let bad_per_good = 10u64;
+    let topic = unique("garbage");
+    let ledger = Ledger::default();
+    let bus = rig.connect("reliability-garbage", |c| c).await?;
+    let full = bus.producer().settings().full_topic(&topic);
+    let template = template(&bus, backend).await?;
+    let rss_before = rss_mib();
+    let consumer = receive(&bus, &topic, "garbage-readers", &ledger, |_| {}, Duration::ZERO)
+        .await
+        .context("start the consumer")?;
+
+    let mut refused = 0u64;
+    for g in 0..good {
+        let batch: Vec<(u64, Message)> = (0..bad_per_good)
+            .map(|b| {
+                let seq = BAD + g * bad_per_good + b;
+                (seq, garbage(&template, backend, seq))
+            })
+            .collect();
+        for (seq, message) in batch {
+            ledger.attempted(seq);
+            match bus.transport().publisher.publish(&full, vec![message]).await {
+                Ok(_) => ledger.acked(seq),
+                Err(e) => {
+                    refused += 1;
+                    tracing::debug!(seq, error = %e, "the client or broker refused a bad message");
+                }
+            }
+        }
+        let probe = Probe::new(g, format!("key-{}", g % 16), 200);
+        ledger.attempted(g);
+        bus.producer().send(&topic, &probe).await?;
+        ledger.acked(g);
+    }
+
+    let dlq = dead_letter::topic_for(&bus.config().consumer.dead_letter_topic, &full);
+    let subscription = Subscription::new(&dlq, "garbage-inspector", "inspector-1")
+        .starting_at(StartPosition::Earliest);
+    let mut letters = bus.transport().subscriber.subscribe(subscription).await?;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unnumbered = 0u64;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while !ledger.complete() && tokio::time::Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(5), letters.next()).await;
+        let Ok(Some(letter)) = next else {
+            continue;
+        };
+        let letter = letter?;
+        let h = &letter.message.headers;
+        let reason = h.get(header::REASON).unwrap_or("(no reason)").to_owned();
+        *reasons.entry(reason).or_insert(0) += 1;
+        match h.get(SEQ_HEADER).and_then(|s| s.parse().ok()) {
+            Some(seq) => ledger.received(seq),
+            None => unnumbered += 1,
+        }
+        letter.ack().await?;
+    }
+    wait_until(Duration::from_secs(5), || ledger.complete()).await;
+    let alive = !consumer.is_finished();
+    let ended = consumer.shutdown().await;
+    let rss_after = rss_mib();
+    bus.close().await.ok();
+    if !alive {
+        bail!("the consumer stopped on garbage: {ended:?}");
+    }
+    let reasons = reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mib = |m: Option<f64>| m.map_or("?".to_owned(), |m| format!("{m:.0}"));
+    let mut notes = format!(
+        "{} bad ({}) among {good} good; dead letters by reason: {reasons}; RSS {} → {} MiB, peak {} MiB; consumer alive",
+        good * bad_per_good,
+        KINDS.join(", "),
+        mib(rss_before),
+        mib(rss_after),
+        mib(peak_rss_mib()),
+    );
+    if refused > 0 {
+        notes.push_str(&format!("; {refused} bad ones refused at publish"));
+    }
+    if unnumbered > 0 {
+        notes.push_str(&format!("; {unnumbered} dead letters without their number"));
+    }
+    Ok(Row {
+        scenario: "4 garbage on the topic",
+        backend: backend.name(),
+        counts: ledger.counts(),
+        recovery: None,
+        notes,
+    })
+}
+
+/// One good event as this backend writes it, read back raw from a topic of its own.
+async fn template(bus: &Bus, backend: Backend) -> anyhow::Result<Message> {
+    let topic = unique("garbage-template");
+    bus.producer()
+        .send(&topic, &Probe::new(BAD - 1, "template", 200))
+        .await?;
+    let full = bus.producer().settings().full_topic(&topic);
+    let subscription =
+        Subscription::new(&full, "template", "template-1").starting_at(StartPosition::Earliest);
+    let mut stream = bus.transport().subscriber.subscribe(subscription).await?;
+    let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+    let delivery = next
+        .ok()
+        .flatten()
+        .with_context(|| format!("no template event on {backend}"))??;
+    let message = delivery.message.clone();
+    delivery.ack().await?;
+    Ok(message)
+}
+
+/// Bad message number `seq`, of kind `seq % 6`.
+fn garbage(template: &Message, backend: Backend, seq: u64) -> Message {
+    let mut m = template.clone();
+    m.headers.insert("ce_id", uuid::Uuid::new_v4().to_string());
+    m.headers.insert(SEQ_HEADER, seq.to_string());
+    let payload = template.payload.as_ref();
+    match seq % 6 {
+        0 => {
+            let len = fastrand::usize(..2_000);
+            m.payload = Bytes::from(std::iter::repeat_with(|| fastrand::u8(..)).take(len).collect::<Vec<_>>());
+        }
+        1 => {
+            let cut = fastrand::usize(..payload.len().max(1));
+            m.payload = Bytes::copy_from_slice(&payload[..cut]);
+        }
+        2 if backend == Backend::Kafka && payload.len() > 5 => {
+            // The Confluent frame: magic byte 0, then a schema id the registry never issued.
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&(900_000_000 + (seq as u32 % 1000)).to_be_bytes());
+            framed.extend_from_slice(&payload[5..]);
+            m.payload = framed.into();
+        }
+        2 => m.headers.insert("ce_type", "org.eventbus.reliability.nobody.v1"),
+        3 => {
+            let huge = "h".repeat(64 * 1024);
+            m.headers.insert("x_huge", &huge);
+            m.headers.insert("ce_type", format!("org.eventbus.reliability.{huge}.v1"));
+        }
+        4 => {
+            m.key = Some(Bytes::new());
+            m.headers = without(&m.headers, "ce_id");
+        }
+        _ => m.headers.insert("ce_type", [0xff, 0xfe, b'x', 0xc3]),
+    }
+    m
+}
+
+fn without(headers: &eventbus::Headers, name: &str) -> eventbus::Headers {
+    let mut kept = eventbus::Headers::default();
+    for (n, v) in headers.iter().filter(|(n, _)| *n != name) {
+        kept.insert(n, v);
+    }
+    kept
+}

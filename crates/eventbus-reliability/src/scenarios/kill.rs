@@ -1,0 +1,192 @@
+//! Scenario 2: a consumer process killed with SIGKILL mid-stream.
+//!
+//! Events are published first; then two worker processes (`reliability-worker`) join one group
+//! and handle them, each appending the number of every event it handles to its own file before
+//! the handler returns (so before the ack). When a third of the events are handled, one worker
+//! is killed with SIGKILL: no shutdown, no commit, no goodbye to the broker. The other must
+//! finish: every event handled at least once. Duplicates are what the dead process had handled
+//! and not yet acknowledged.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use eventbus::{Envelope, StartPosition};
+use std::io::Write as _;
+use tokio::process::{Child, Command};
+
+use super::{unique, Scale};
+use crate::ledger::Ledger;
+use crate::probe::Probe;
+use crate::rig::{wait_until, Backend, Path, Rig};
+use crate::row::Row;
+
+const SETTLE: Duration = Duration::from_secs(120);
+/// Each event takes the workers this long, so that the kill lands mid-stream.
+const HANDLE_TIME: Duration = Duration::from_millis(2);
+
+pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
+    let rig = Rig::start(backend, Path::Direct).await?;
+    let total = scale.pick(10_000u64, 2_000);
+    let topic = unique("kill");
+    let group = "kill-workers";
+    let ledger = Ledger::default();
+    let bus = rig.connect("reliability-kill", |c| c).await?;
+    let events: Vec<Probe> = (0..total)
+        .map(|seq| Probe::new(seq, format!("key-{}", seq % 64), 200))
+        .collect();
+    for chunk in events.chunks(100) {
+        chunk.iter().for_each(|p| ledger.attempted(p.seq));
+        bus.producer().send_batch(&topic, chunk).await?;
+        ledger.acked_all(chunk.iter().map(|p| p.seq));
+    }
+    bus.close().await.ok();
+
+    let dir = tempdir()?;
+    let files = [dir.join("worker-a.log"), dir.join("worker-b.log")];
+    let mut victim = spawn_worker(&rig, &topic, group, &files[0])?;
+    let mut survivor = spawn_worker(&rig, &topic, group, &files[1])?;
+    let mark = total / 3;
+    let handled = |files: &[PathBuf]| files.iter().map(|f| count_lines(f)).sum::<u64>();
+    if !wait_until(SETTLE, || handled(&files) >= mark).await {
+        victim.start_kill().ok();
+        survivor.start_kill().ok();
+        bail!(
+            "the workers handled {} of {total} in {SETTLE:?}; broker log:\n{}",
+            handled(&files),
+            rig.log_tail()
+        );
+    }
+    // tokio's start_kill sends SIGKILL.
+    victim.start_kill().context("kill worker a")?;
+    let killed = Instant::now();
+    victim.wait().await.ok();
+    let before_kill = count_lines(&files[0]);
+    let complete = || {
+        let got = Ledger::default();
+        for f in &files {
+            read_seqs(f).into_iter().for_each(|s| got.received(s));
+        }
+        got.received_count() >= total
+    };
+    let finished = wait_until(SETTLE, complete).await;
+    let recovery = killed.elapsed();
+    stop_gracefully(&mut survivor).await;
+    for f in &files {
+        read_seqs(f).into_iter().for_each(|s| ledger.received(s));
+    }
+    let counts = ledger.counts();
+    if !finished {
+        tracing::warn!(missing = ?ledger.missing(10), log = %rig.log_tail(), "events missing");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(Row {
+        scenario: "2 consumer process killed",
+        backend: backend.name(),
+        counts,
+        recovery: Some(recovery),
+        notes: format!(
+            "SIGKILL after {before_kill} handled by the victim; the other worker finished (time from kill to all handled)"
+        ),
+    })
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("eventbus-kill-{:08x}", fastrand::u32(..)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The worker binary: `$EVENTBUS_RELIABILITY_WORKER`, else `reliability-worker` next to this
+/// executable or one directory up (where cargo puts binaries for integration tests).
+fn worker_program() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("EVENTBUS_RELIABILITY_WORKER") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("find this executable")?;
+    let candidates = exe.ancestors().skip(1).take(2);
+    let found = candidates
+        .map(|dir| dir.join("reliability-worker"))
+        .find(|p| p.is_file());
+    found.context(
+        "reliability-worker not found next to this program; build it (cargo build -p eventbus-reliability) or set EVENTBUS_RELIABILITY_WORKER",
+    )
+}
+
+fn spawn_worker(rig: &Rig, topic: &str, group: &str, out: &FsPath) -> anyhow::Result<Child> {
+    let mut command = Command::new(worker_program()?);
+    command
+        .args([topic, group])
+        .arg(out)
+        .envs(rig.vars().iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    command.spawn().context("start a worker process")
+}
+
+/// SIGTERM, then a kill if the worker has not ended within 15 s.
+async fn stop_gracefully(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        child.start_kill().ok();
+    }
+}
+
+fn read_seqs(file: &FsPath) -> Vec<u64> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn count_lines(file: &FsPath) -> u64 {
+    std::fs::read(file)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+        .unwrap_or(0)
+}
+
+/// The worker process: `reliability-worker TOPIC GROUP FILE`, configured by `EVENT_BUS_*`.
+/// Handles [`Probe`] events from the earliest, appending each one's number to `FILE` before it
+/// returns, until SIGTERM or SIGINT.
+pub async fn worker_main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [topic, group, file] = args.as_slice() else {
+        bail!("usage: reliability-worker TOPIC GROUP FILE (settings from EVENT_BUS_*)");
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("open {file}"))?;
+    let out = std::sync::Arc::new(std::sync::Mutex::new(out));
+    let config = eventbus::BusConfig::from_env()?.service_name("reliability-worker");
+    let bus = eventbus::connect(config).await?;
+    let consumer = bus
+        .consumer(topic, group)
+        .start_at(StartPosition::Earliest)
+        .handle(move |e: Envelope<Probe>| {
+            let out = out.clone();
+            async move {
+                tokio::time::sleep(HANDLE_TIME).await;
+                // One unbuffered write per event, straight to the kernel: a SIGKILL after it
+                // cannot lose it. (tokio's File would finish the write in the background.)
+                let mut out = out.lock().map_err(|_| anyhow::anyhow!("output lock poisoned"))?;
+                out.write_all(format!("{}\n", e.seq).as_bytes())?;
+                Ok::<_, anyhow::Error>(())
+            }
+        });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    consumer.run_until(stop).await?;
+    bus.close().await?;
+    Ok(())
+}

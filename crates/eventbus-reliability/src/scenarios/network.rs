@@ -1,0 +1,89 @@
+//! Scenario 3: the network between clients and broker misbehaves, the processes stay up.
+//!
+//! Publishers and a consumer reach the broker through the testkit's fault proxy while ten
+//! publishers send at a steady pace. Then, in turn: 100 ms of latency each way for three
+//! seconds; every connection reset; a black hole of ten seconds (nothing forwarded, nothing
+//! closed). Nobody restarts anything. Every confirmed event must be received; the recovery time
+//! runs from the end of the black hole until everything confirmed by then was received.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::{receive, send_until_confirmed, unique, Scale};
+use crate::ledger::Ledger;
+use crate::probe::Probe;
+use crate::rig::{wait_until, Backend, Path, Rig};
+use crate::row::Row;
+
+const SETTLE: Duration = Duration::from_secs(180);
+const BLACK_HOLE: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
+    let rig = Rig::start(backend, Path::Faulty).await?;
+    let publishers = 10u64;
+    let each = scale.pick(500u64, 100);
+    // Publishing spans about 25 s, so that every fault hits traffic in both directions.
+    let pace = Duration::from_millis(25_000 / each);
+    let topic = unique("network");
+    let ledger = Ledger::default();
+    let consumers = rig.connect("reliability-network-consumer", |c| c).await?;
+    let consumer = receive(&consumers, &topic, "network-readers", &ledger, |_| {}, Duration::ZERO)
+        .await
+        .context("start the consumer")?;
+    let bus = Arc::new(rig.connect("reliability-network", |c| c).await?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..publishers {
+        let (bus, topic, ledger) = (bus.clone(), topic.clone(), ledger.clone());
+        tasks.spawn(async move {
+            for i in 0..each {
+                let probe = Probe::new(p * each + i, format!("publisher-{p}"), 200);
+                send_until_confirmed(&bus, &topic, &probe, &ledger, SETTLE).await?;
+                tokio::time::sleep(pace).await;
+            }
+            anyhow::Ok(())
+        });
+    }
+
+    let proxy = rig.fault()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set_latency(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set_latency(Duration::ZERO);
+    proxy.reset();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.black_hole(true);
+    tokio::time::sleep(BLACK_HOLE).await;
+    proxy.black_hole(false);
+    let healed = Instant::now();
+    let confirmed = ledger.acked_snapshot();
+    let recovered = wait_until(SETTLE, || ledger.received_all(&confirmed)).await;
+    let recovery = recovered.then(|| healed.elapsed());
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a publisher panicked")??;
+    }
+    let caught_up = wait_until(SETTLE, || ledger.complete()).await;
+    let alive = !consumer.is_finished();
+    let stats = proxy.stats();
+    let ended = consumer.shutdown().await;
+    bus.close().await.ok();
+    consumers.close().await.ok();
+    if !caught_up {
+        tracing::warn!(missing = ?ledger.missing(10), log = %rig.log_tail(), "events missing");
+    }
+    let mut notes = format!(
+        "{publishers} publishers × {each}; 100 ms latency 3 s, {} connections reset, 10 s black hole; {} connections in all",
+        stats.resets, stats.connections
+    );
+    if !alive {
+        notes.push_str(&format!("; consumer stopped: {ended:?}"));
+    }
+    Ok(Row {
+        scenario: "3 network faults",
+        backend: backend.name(),
+        counts: ledger.counts(),
+        recovery,
+        notes,
+    })
+}
