@@ -70,6 +70,7 @@
 //! for a self-signed test server only.
 #![forbid(unsafe_code)]
 
+mod backlog;
 mod conn;
 mod entry;
 mod publisher;
@@ -86,6 +87,18 @@ use eventbus_core::{BackendFactory, Guarantees, Result, Transport};
 
 pub use publisher::append_pipeline;
 pub use settings::RedisSettings;
+
+/// For the fuzz targets of `crates/eventbus-fuzz` only (issue 15): the reply parsers, which are
+/// crate-private, and the URL check of the client. Not an API; may change at any time.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::reply::fuzz::*;
+
+    /// Whether the `redis` client accepts the settings' URL (parsing only; nothing is opened).
+    pub fn check_url(settings: &crate::RedisSettings) -> eventbus_core::Result<()> {
+        crate::conn::client(settings).map(drop)
+    }
+}
 
 /// The backend name.
 pub const NAME: &str = "redis";

@@ -29,6 +29,8 @@ use crate::RedisSettings;
 use eventbus_core::transport::ack_batch::{AckBatcher, SendBatch};
 use eventbus_core::transport::reconnect_delay;
 
+use crate::backlog::BacklogWatch;
+
 type Sender = mpsc::Sender<Result<Delivery>>;
 
 /// What the reader task and the acknowledgers of its deliveries share.
@@ -56,6 +58,8 @@ pub(crate) struct Reader {
     shared: Arc<Shared>,
     /// Where the next `XAUTOCLAIM` of each stream goes on.
     claim_cursors: HashMap<String, String>,
+    /// Warns before trimming drops entries this group has not read.
+    backlog: BacklogWatch,
 }
 
 impl Reader {
@@ -84,6 +88,7 @@ impl Reader {
         });
         let reader = Reader {
             client,
+            backlog: BacklogWatch::new(settings.stream_max_len),
             settings,
             claim_cursors: subscription
                 .topics
@@ -247,6 +252,9 @@ impl Reader {
         let mut conn = self.shared.conn.clone();
         let idle = self.settings.claim_idle.as_millis() as u64;
         for stream in &self.streams {
+            self.backlog
+                .check(&mut conn, stream, &self.shared.group)
+                .await;
             let cursor = self
                 .claim_cursors
                 .get(stream)

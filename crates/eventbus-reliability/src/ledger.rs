@@ -68,16 +68,6 @@ impl Ledger {
         self.with(|i| i.acked.iter().all(|s| i.received.contains_key(s)))
     }
 
-    /// The events confirmed so far.
-    pub fn acked_snapshot(&self) -> Vec<u64> {
-        self.with(|i| i.acked.iter().copied().collect())
-    }
-
-    /// Whether every one of `seqs` was received.
-    pub fn received_all(&self, seqs: &[u64]) -> bool {
-        self.with(|i| seqs.iter().all(|s| i.received.contains_key(s)))
-    }
-
     /// How many distinct events were received.
     pub fn received_count(&self) -> u64 {
         self.with(|i| i.received.len() as u64)
@@ -90,7 +80,11 @@ impl Ledger {
             acked: i.acked.len() as u64,
             received: i.received.len() as u64,
             duplicates: i.received.values().map(|n| u64::from(n - 1)).sum(),
-            lost: i.acked.iter().filter(|s| !i.received.contains_key(s)).count() as u64,
+            lost: i
+                .acked
+                .iter()
+                .filter(|s| !i.received.contains_key(s))
+                .count() as u64,
         })
     }
 

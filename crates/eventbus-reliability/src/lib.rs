@@ -16,6 +16,7 @@ pub mod probe;
 pub mod rig;
 pub mod row;
 pub mod scenarios;
+pub mod warnings;
 
 pub use ledger::Ledger;
 pub use rig::{Backend, Rig};

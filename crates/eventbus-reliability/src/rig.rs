@@ -20,9 +20,11 @@ pub enum Backend {
     /// Redis Streams on a fixture redis-server (append-only file, fsync always).
     Redis,
     /// Kafka on tansu with the schema-registry fixture; on rdkafka's mock cluster where the
-    /// broker must keep its data across a restart (tansu's build here keeps it in memory).
+    /// broker must keep its data across a restart (tansu's build here keeps it in memory) or
+    /// evict a member that died (tansu 0.6 does not).
     Kafka,
-    /// Pulsar on pulsar-lite (RocksDB) behind the testkit's frame proxy.
+    /// Pulsar on pulsar-lite (RocksDB) behind the testkit's frame proxy, with Shared
+    /// subscriptions (see [`Rig::start`]).
     Pulsar,
 }
 
@@ -155,6 +157,11 @@ impl Rig {
                 let PulsarLite { broker, proxy } = lite;
                 rig.broker = Some(broker);
                 rig.frame_proxy = Some(proxy);
+                // pulsar-lite 0.2 does not hand a Key_Shared subscription's messages on once a
+                // consumer of it is gone or a reader joins late (measured in RELIABILITY.md:
+                // the new member stalls for good), so the campaign reads with Shared, which
+                // pulsar-lite serves right. The backend's default stays Key_Shared.
+                rig.set("EVENT_BUS_PULSAR_SUBSCRIPTION_TYPE", "Shared");
                 url
             }
         };
@@ -162,8 +169,9 @@ impl Rig {
         Ok(rig)
     }
 
-    /// Kafka on rdkafka's mock cluster, whose brokers keep their data while down: the broker
-    /// restart scenario's stand-in for tansu, whose build here keeps data in memory only.
+    /// Kafka on rdkafka's mock cluster, whose brokers keep their data while down and which
+    /// expires the session of a group member that died: the stand-in for tansu in the restart
+    /// and crash scenarios. Its port is real TCP, so worker processes reach it too.
     pub async fn start_kafka_mock() -> anyhow::Result<Self> {
         let mock = MockKafka::start(1)?;
         let mut rig = Self {

@@ -1,7 +1,7 @@
 //! Runs the reliability campaign and prints the figures table of `RELIABILITY.md`.
 //!
 //! ```text
-//! cargo run --release -p eventbus-reliability --bin reliability -- [--scale full|reduced] [--backend B]… [--scenario S]…
+//! scripts/reliability.sh [--scale full|reduced] [--backend B]… [--scenario S]…
 //! ```
 //!
 //! Brokers are started by the testkit fixtures (redis-server, tansu, pulsar-lite); the worker
@@ -29,13 +29,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,eventbus_core::consumer::dead_letter=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Dead letters are the garbage scenario's point: one log line each would drown the rest.
+    eventbus_reliability::warnings::init_logging(
+        "warn,eventbus_core::consumer::dead_letter=error,librdkafka=error,pulsar=error",
+        false,
+    );
     let args = Args::parse();
     let scale = if args.scale == "full" {
         Scale::Full
@@ -68,10 +66,15 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     failed = true;
-                    println!("| {scenario} | {backend} | – | – | – | – | – | – | **failed**: {e:#} |");
+                    println!(
+                        "| {scenario} | {backend} | – | – | – | – | – | – | **failed**: {e:#} |"
+                    );
                 }
             }
-            eprintln!("{scenario} on {backend}: {:.0} s", started.elapsed().as_secs_f64());
+            eprintln!(
+                "{scenario} on {backend}: {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     if failed {

@@ -27,6 +27,7 @@ const SETTLE: Duration = Duration::from_secs(180);
 const BAD: u64 = 1_000_000;
 /// Each bad message carries its number in this header, which dead letters keep.
 const SEQ_HEADER: &str = "x_reliability_seq";
+const HUGE: usize = 1024;
 const KINDS: [&str; 6] = [
     "random bytes",
     "truncated avro",
@@ -46,9 +47,16 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let full = bus.producer().settings().full_topic(&topic);
     let template = template(&bus, backend).await?;
     let rss_before = rss_mib();
-    let consumer = receive(&bus, &topic, "garbage-readers", &ledger, |_| {}, Duration::ZERO)
-        .await
-        .context("start the consumer")?;
+    let consumer = receive(
+        &bus,
+        &topic,
+        "garbage-readers",
+        &ledger,
+        |_| {},
+        Duration::ZERO,
+    )
+    .await
+    .context("start the consumer")?;
 
     let mut refused = 0u64;
     for g in 0..good {
@@ -60,7 +68,12 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
             .collect();
         for (seq, message) in batch {
             ledger.attempted(seq);
-            match bus.transport().publisher.publish(&full, vec![message]).await {
+            match bus
+                .transport()
+                .publisher
+                .publish(&full, vec![message])
+                .await
+            {
                 Ok(_) => ledger.acked(seq),
                 Err(e) => {
                     refused += 1;
@@ -87,6 +100,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
             continue;
         };
         let letter = letter?;
+        tracing::debug!(position = %letter.position, seq = ?letter.message.headers.get(SEQ_HEADER), "dead letter");
         let h = &letter.message.headers;
         let reason = h.get(header::REASON).unwrap_or("(no reason)").to_owned();
         *reasons.entry(reason).or_insert(0) += 1;
@@ -96,7 +110,9 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         }
         letter.ack().await?;
     }
-    wait_until(Duration::from_secs(5), || ledger.complete()).await;
+    if !wait_until(Duration::from_secs(5), || ledger.complete()).await {
+        tracing::warn!(missing = ?ledger.missing(10), log = %rig.log_tail(), "messages missing");
+    }
     let alive = !consumer.is_finished();
     let ended = consumer.shutdown().await;
     let rss_after = rss_mib();
@@ -162,7 +178,11 @@ fn garbage(template: &Message, backend: Backend, seq: u64) -> Message {
     match seq % 6 {
         0 => {
             let len = fastrand::usize(..2_000);
-            m.payload = Bytes::from(std::iter::repeat_with(|| fastrand::u8(..)).take(len).collect::<Vec<_>>());
+            m.payload = Bytes::from(
+                std::iter::repeat_with(|| fastrand::u8(..))
+                    .take(len)
+                    .collect::<Vec<_>>(),
+            );
         }
         1 => {
             let cut = fastrand::usize(..payload.len().max(1));
@@ -175,11 +195,14 @@ fn garbage(template: &Message, backend: Backend, seq: u64) -> Message {
             framed.extend_from_slice(&payload[5..]);
             m.payload = framed.into();
         }
-        2 => m.headers.insert("ce_type", "org.eventbus.reliability.nobody.v1"),
+        2 => m
+            .headers
+            .insert("ce_type", "org.eventbus.reliability.nobody.v1"),
         3 => {
-            let huge = "h".repeat(64 * 1024);
+            let huge = "h".repeat(HUGE);
             m.headers.insert("x_huge", &huge);
-            m.headers.insert("ce_type", format!("org.eventbus.reliability.{huge}.v1"));
+            m.headers
+                .insert("ce_type", format!("org.eventbus.reliability.{huge}.v1"));
         }
         4 => {
             m.key = Some(Bytes::new());

@@ -1,17 +1,18 @@
 //! Scenario 2: a consumer process killed with SIGKILL mid-stream.
 //!
-//! Events are published first; then two worker processes (`reliability-worker`) join one group
-//! and handle them, each appending the number of every event it handles to its own file before
-//! the handler returns (so before the ack). When a third of the events are handled, one worker
-//! is killed with SIGKILL: no shutdown, no commit, no goodbye to the broker. The other must
-//! finish: every event handled at least once. Duplicates are what the dead process had handled
-//! and not yet acknowledged.
+//! Events are published first; then a worker process (`reliability-worker`) handles them in a
+//! group, appending the number of every event it handles to its file before the handler
+//! returns (so before the ack). When it has handled a third, it is killed with SIGKILL: no
+//! shutdown, no commit, no goodbye to the broker. A second worker then joins the same group
+//! and must finish: every event handled at least once. Duplicates are what the dead process had
+//! handled and the broker had not recorded as done (in flight, or acknowledged but not yet
+//! committed where commits are asynchronous, as on Kafka).
 
 use std::path::{Path as FsPath, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use eventbus::{Envelope, StartPosition};
+use eventbus::Envelope;
 use std::io::Write as _;
 use tokio::process::{Child, Command};
 
@@ -26,7 +27,13 @@ const SETTLE: Duration = Duration::from_secs(120);
 const HANDLE_TIME: Duration = Duration::from_millis(2);
 
 pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
-    let rig = Rig::start(backend, Path::Direct).await?;
+    let rig = match backend {
+        // tansu 0.6 never evicts a member that died without leaving: its partitions stay
+        // assigned to the dead process (measured: the survivor stalls for good). rdkafka's mock
+        // cluster, reached over TCP by the worker processes, expires the session as Kafka does.
+        Backend::Kafka => Rig::start_kafka_mock().await?,
+        _ => Rig::start(backend, Path::Direct).await?,
+    };
     let total = scale.pick(10_000u64, 2_000);
     let topic = unique("kill");
     let group = "kill-workers";
@@ -45,15 +52,12 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let dir = tempdir()?;
     let files = [dir.join("worker-a.log"), dir.join("worker-b.log")];
     let mut victim = spawn_worker(&rig, &topic, group, &files[0])?;
-    let mut survivor = spawn_worker(&rig, &topic, group, &files[1])?;
     let mark = total / 3;
-    let handled = |files: &[PathBuf]| files.iter().map(|f| count_lines(f)).sum::<u64>();
-    if !wait_until(SETTLE, || handled(&files) >= mark).await {
+    if !wait_until(SETTLE, || count_lines(&files[0]) >= mark).await {
         victim.start_kill().ok();
-        survivor.start_kill().ok();
         bail!(
-            "the workers handled {} of {total} in {SETTLE:?}; broker log:\n{}",
-            handled(&files),
+            "the worker handled {} of {total} in {SETTLE:?}; broker log:\n{}",
+            count_lines(&files[0]),
             rig.log_tail()
         );
     }
@@ -61,6 +65,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     victim.start_kill().context("kill worker a")?;
     let killed = Instant::now();
     victim.wait().await.ok();
+    let mut survivor = spawn_worker(&rig, &topic, group, &files[1])?;
     let before_kill = count_lines(&files[0]);
     let complete = || {
         let got = Ledger::default();
@@ -77,7 +82,12 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     }
     let counts = ledger.counts();
     if !finished {
-        tracing::warn!(missing = ?ledger.missing(10), log = %rig.log_tail(), "events missing");
+        let logs: Vec<String> = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f.with_extension("stderr")).unwrap_or_default())
+            .map(|text| text.lines().rev().take(20).collect::<Vec<_>>().join("\n"))
+            .collect();
+        tracing::warn!(missing = ?ledger.missing(10), workers = ?logs, log = %rig.log_tail(), "events missing");
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(Row {
@@ -86,7 +96,12 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         counts,
         recovery: Some(recovery),
         notes: format!(
-            "SIGKILL after {before_kill} handled by the victim; the other worker finished (time from kill to all handled)"
+            "SIGKILL after {before_kill} handled by the victim; the other worker finished (time from kill to all handled){}",
+            if backend == Backend::Kafka {
+                "; rdkafka MockCluster (tansu 0.6 keeps a dead member's partitions)"
+            } else {
+                ""
+            }
         ),
     })
 }
@@ -114,11 +129,14 @@ fn worker_program() -> anyhow::Result<PathBuf> {
 }
 
 fn spawn_worker(rig: &Rig, topic: &str, group: &str, out: &FsPath) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(out.with_extension("stderr"))
+        .with_context(|| format!("create the log of worker {}", out.display()))?;
     let mut command = Command::new(worker_program()?);
     command
         .args([topic, group])
         .arg(out)
         .envs(rig.vars().iter().map(|(k, v)| (k, v)))
+        .stderr(log)
         .kill_on_drop(true);
     command.spawn().context("start a worker process")
 }
@@ -150,9 +168,17 @@ fn count_lines(file: &FsPath) -> u64 {
 }
 
 /// The worker process: `reliability-worker TOPIC GROUP FILE`, configured by `EVENT_BUS_*`.
-/// Handles [`Probe`] events from the earliest, appending each one's number to `FILE` before it
+/// Handles [`Probe`] events where the group is (from the earliest for a new group), appending each one's number to `FILE` before it
 /// returns, until SIGTERM or SIGINT.
 pub async fn worker_main() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,librdkafka=error".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [topic, group, file] = args.as_slice() else {
         bail!("usage: reliability-worker TOPIC GROUP FILE (settings from EVENT_BUS_*)");
@@ -165,16 +191,19 @@ pub async fn worker_main() -> anyhow::Result<()> {
     let out = std::sync::Arc::new(std::sync::Mutex::new(out));
     let config = eventbus::BusConfig::from_env()?.service_name("reliability-worker");
     let bus = eventbus::connect(config).await?;
+    // No start position: a new group starts at the earliest event and an existing one resumes
+    // where it was, as a restarted service's consumer does (a position would move the group).
     let consumer = bus
         .consumer(topic, group)
-        .start_at(StartPosition::Earliest)
         .handle(move |e: Envelope<Probe>| {
             let out = out.clone();
             async move {
                 tokio::time::sleep(HANDLE_TIME).await;
                 // One unbuffered write per event, straight to the kernel: a SIGKILL after it
                 // cannot lose it. (tokio's File would finish the write in the background.)
-                let mut out = out.lock().map_err(|_| anyhow::anyhow!("output lock poisoned"))?;
+                let mut out = out
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("output lock poisoned"))?;
                 out.write_all(format!("{}\n", e.seq).as_bytes())?;
                 Ok::<_, anyhow::Error>(())
             }

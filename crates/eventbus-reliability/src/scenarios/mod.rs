@@ -178,7 +178,10 @@ async fn send_until_confirmed(
             Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            bail!("event {} not confirmed within {give_up:?}: {error}", probe.seq);
+            bail!(
+                "event {} not confirmed within {give_up:?}: {error}",
+                probe.seq
+            );
         }
         tracing::debug!(seq = probe.seq, %error, "send failed; retrying");
         tokio::time::sleep(Duration::from_millis(100)).await;

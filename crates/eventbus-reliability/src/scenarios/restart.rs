@@ -32,10 +32,6 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let topic = unique("restart");
     let ledger = Ledger::default();
     let bus = Arc::new(rig.connect("reliability-restart", |c| c).await?);
-    let consumer = receive(&bus, &topic, "restart-readers", &ledger, |_| {}, Duration::ZERO)
-        .await
-        .context("start the consumer")?;
-
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..publishers {
         let (bus, topic, ledger) = (bus.clone(), topic.clone(), ledger.clone());
@@ -47,6 +43,19 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
             anyhow::Ok(())
         });
     }
+
+    // After the publishers: rdkafka's mock cluster creates a topic on its first publish only.
+    wait_until(SETTLE, || ledger.acked_count() > 0).await;
+    let consumer = receive(
+        &bus,
+        &topic,
+        "restart-readers",
+        &ledger,
+        |_| {},
+        Duration::ZERO,
+    )
+    .await
+    .context("start the consumer")?;
 
     let mut recoveries = Vec::new();
     for fraction in [3, 2] {
