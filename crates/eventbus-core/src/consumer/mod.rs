@@ -52,7 +52,9 @@ pub use self::state::ConsumerState;
 pub struct ConsumerSettings {
     /// Retries of failing receivers.
     pub retry: RetryPolicy,
-    /// After this many failures in a row the consumer stops with an error (0: never).
+    /// After this many failures in a row the consumer stops with an error (0: never). Events
+    /// whose receivers kept failing and failed fetches count; an ack or nack the broker did
+    /// not take (the event comes again) does not.
     pub consecutive_error_limit: u32,
     /// Events handled at once; events with the same key are still handled one after another.
     pub concurrency: usize,

@@ -355,9 +355,13 @@ impl Shared {
             Err(e) if e.kind() == ErrorKind::Reassigned => {
                 tracing::info!(error = %e, "the event was settled after its delivery was reassigned; it will be delivered again");
             }
+            // Not counted towards the consecutive-error limit: the event was handled, the broker
+            // merely did not hear so (a connection lost while it restarts, say) and delivers it
+            // again. Counting these stopped consumers during a two-second broker restart, when
+            // every in-flight ack fails at once (RELIABILITY.md, scenario 1 on Redis); a broker
+            // that stays away shows in fetching, which does count.
             Err(e) => {
                 tracing::warn!(error = %e, "settling the delivery with the broker failed; the event may be redelivered");
-                self.state.record_failure(&e);
             }
         }
     }
