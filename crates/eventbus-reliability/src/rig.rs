@@ -108,15 +108,7 @@ impl Rig {
     /// Starts `backend`'s broker (nothing for memory), with a fault proxy in front when `path`
     /// is [`Path::Faulty`].
     pub async fn start(backend: Backend, path: Path) -> anyhow::Result<Self> {
-        let mut rig = Self {
-            backend,
-            vars: Vec::new(),
-            broker: None,
-            frame_proxy: None,
-            fault: None,
-            mock: None,
-            _registry: None,
-        };
+        let mut rig = Self::empty(backend);
         let url = match backend {
             Backend::Memory => {
                 if path == Path::Faulty {
@@ -174,21 +166,25 @@ impl Rig {
     /// and crash scenarios. Its port is real TCP, so worker processes reach it too.
     pub async fn start_kafka_mock() -> anyhow::Result<Self> {
         let mock = MockKafka::start(1)?;
-        let mut rig = Self {
-            backend: Backend::Kafka,
-            vars: Vec::new(),
-            broker: None,
-            frame_proxy: None,
-            fault: None,
-            mock: None,
-            _registry: None,
-        };
+        let mut rig = Self::empty(Backend::Kafka);
         rig.kafka_vars().await?;
         rig.set("EVENT_BUS_URL", &format!("kafka://{}", mock.bootstrap()));
         rig.set("EVENT_BUS_KAFKA_CREATE_TOPICS", "false");
         rig.set("EVENT_BUS_KAFKA_ALLOW_AUTO_CREATE_TOPICS", "true");
         rig.mock = Some(mock);
         Ok(rig)
+    }
+
+    fn empty(backend: Backend) -> Self {
+        Self {
+            backend,
+            vars: Vec::new(),
+            broker: None,
+            frame_proxy: None,
+            fault: None,
+            mock: None,
+            _registry: None,
+        }
     }
 
     async fn kafka_vars(&mut self) -> anyhow::Result<()> {

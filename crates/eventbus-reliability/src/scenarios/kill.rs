@@ -16,7 +16,7 @@ use eventbus::Envelope;
 use std::io::Write as _;
 use tokio::process::{Child, Command};
 
-use super::{unique, Scale};
+use super::{publish_all, unique, Scale};
 use crate::ledger::Ledger;
 use crate::probe::Probe;
 use crate::rig::{wait_until, Backend, Path, Rig};
@@ -39,14 +39,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let group = "kill-workers";
     let ledger = Ledger::default();
     let bus = rig.connect("reliability-kill", |c| c).await?;
-    let events: Vec<Probe> = (0..total)
-        .map(|seq| Probe::new(seq, format!("key-{}", seq % 64), 200))
-        .collect();
-    for chunk in events.chunks(100) {
-        chunk.iter().for_each(|p| ledger.attempted(p.seq));
-        bus.producer().send_batch(&topic, chunk).await?;
-        ledger.acked_all(chunk.iter().map(|p| p.seq));
-    }
+    publish_all(&bus, &topic, &ledger, total, 100).await?;
     bus.close().await.ok();
 
     let dir = tempdir()?;

@@ -8,10 +8,12 @@ mod slow;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
 use eventbus::{Bus, ConsumerHandle, Envelope, StartPosition};
+use tokio::task::JoinSet;
 
 use crate::ledger::Ledger;
 use crate::probe::Probe;
@@ -186,6 +188,62 @@ async fn send_until_confirmed(
         tracing::debug!(seq = probe.seq, %error, "send failed; retrying");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Spawns `publishers` tasks that each send `each` events one at a time with
+/// [`send_until_confirmed`], `pace` apart; event numbers are `publisher * each + i`, keys
+/// `publisher-N`.
+fn spawn_publishers(
+    bus: &Arc<Bus>,
+    topic: &str,
+    ledger: &Ledger,
+    (publishers, each): (u64, u64),
+    pace: Duration,
+    give_up: Duration,
+) -> JoinSet<anyhow::Result<()>> {
+    let mut tasks = JoinSet::new();
+    for p in 0..publishers {
+        let (bus, topic, ledger) = (bus.clone(), topic.to_owned(), ledger.clone());
+        tasks.spawn(async move {
+            for i in 0..each {
+                let probe = Probe::new(p * each + i, format!("publisher-{p}"), 200);
+                send_until_confirmed(&bus, &topic, &probe, &ledger, give_up).await?;
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    tasks
+}
+
+/// Waits for every publisher task; the first failure is the error.
+async fn join_publishers(mut tasks: JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| anyhow::anyhow!("a publisher panicked: {e}"))??;
+    }
+    Ok(())
+}
+
+/// Publishes `total` events (keys `key-0` … `key-63`) in batches of `batch`, as fast as the
+/// backend confirms them, recording them in `ledger`.
+async fn publish_all(
+    bus: &Bus,
+    topic: &str,
+    ledger: &Ledger,
+    total: u64,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let events: Vec<Probe> = (0..total)
+        .map(|seq| Probe::new(seq, format!("key-{}", seq % 64), 200))
+        .collect();
+    for chunk in events.chunks(batch) {
+        chunk.iter().for_each(|p| ledger.attempted(p.seq));
+        bus.producer().send_batch(topic, chunk).await?;
+        ledger.acked_all(chunk.iter().map(|p| p.seq));
+    }
+    Ok(())
 }
 
 /// How long one publish attempt may take before the caller tries again.

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{receive, send_until_confirmed, unique, Scale};
+use super::{join_publishers, receive, spawn_publishers, unique, Scale};
 use crate::ledger::Ledger;
-use crate::probe::Probe;
 use crate::rig::{wait_until, Backend, Path, Rig};
 use crate::row::Row;
 
@@ -45,18 +44,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     .await
     .context("start the consumer")?;
     let bus = Arc::new(rig.connect("reliability-network", |c| c).await?);
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..publishers {
-        let (bus, topic, ledger) = (bus.clone(), topic.clone(), ledger.clone());
-        tasks.spawn(async move {
-            for i in 0..each {
-                let probe = Probe::new(p * each + i, format!("publisher-{p}"), 200);
-                send_until_confirmed(&bus, &topic, &probe, &ledger, SETTLE).await?;
-                tokio::time::sleep(pace).await;
-            }
-            anyhow::Ok(())
-        });
-    }
+    let tasks = spawn_publishers(&bus, &topic, &ledger, (publishers, each), pace, SETTLE);
 
     let proxy = rig.fault()?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -76,9 +64,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     })
     .await;
     let recovery = recovered.then(|| healed.elapsed());
-    while let Some(joined) = tasks.join_next().await {
-        joined.context("a publisher panicked")??;
-    }
+    join_publishers(tasks).await?;
     let caught_up = wait_until(SETTLE, || ledger.complete()).await;
     let alive = !consumer.is_finished();
     let stats = proxy.stats();

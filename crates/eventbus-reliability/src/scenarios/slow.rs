@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::{receive, rss_mib, unique, Scale};
+use super::{publish_all, receive, rss_mib, unique, Scale};
 use crate::ledger::Ledger;
-use crate::probe::Probe;
 use crate::rig::{wait_until, Backend, Path, Rig};
 use crate::row::Row;
 
@@ -54,15 +53,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     .await
     .context("start the consumer")?;
     let started = Instant::now();
-    let events: Vec<Probe> = (0..total)
-        .map(|seq| Probe::new(seq, format!("key-{}", seq % 64), 200))
-        .collect();
-    for chunk in events.chunks(500) {
-        chunk.iter().for_each(|p| ledger.attempted(p.seq));
-        bus.producer().send_batch(&topic, chunk).await?;
-        ledger.acked_all(chunk.iter().map(|p| p.seq));
-    }
-    drop(events);
+    publish_all(&bus, &topic, &ledger, total, 500).await?;
     let published_in = started.elapsed();
     let backlog = total - ledger.received_count();
     // One event per millisecond, and then some.
