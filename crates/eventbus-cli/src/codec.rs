@@ -256,6 +256,7 @@ impl SchemaType {
             _ => (None, payload),
         };
         let writer = schema.as_ref().unwrap_or(self.schema.avro());
+        eventbus::serializer::check_avro_datum(writer, datum).map_err(|e| e.to_string())?;
         let value = apache_avro::from_avro_datum(writer, &mut datum, Some(self.schema.avro()))
             .map_err(|e| e.to_string())?;
         avro_to_json(value)
@@ -370,6 +371,8 @@ impl Decoder<'_> {
                     .schema_store()
                     .schema_by_id(id)
                     .ok_or_else(|| format!("schema id {id} is unknown and no registry is configured"))?;
+                eventbus::serializer::check_avro_datum(writer.avro(), datum)
+                    .map_err(|e| e.to_string())?;
                 apache_avro::from_avro_datum(writer.avro(), &mut datum, None)
                     .map_err(|e| e.to_string())
                     .and_then(avro_to_json)
@@ -393,4 +396,29 @@ pub(crate) fn text_or_bytes(bytes: &[u8]) -> Value {
 fn bytes_json(bytes: &[u8]) -> Value {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     json!({ "base16": hex })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Six bytes claiming an array of 2^39 longs: apache-avro would reserve room for them all
+    /// and abort the process; the check refuses them first.
+    #[tokio::test]
+    async fn a_forged_array_count_is_refused_before_anything_is_allocated() {
+        let schema = EventSchema::parse(
+            r#"{"type":"record","name":"T","fields":[{"name":"xs","type":{"type":"array","items":"long"}}]}"#,
+        )
+        .unwrap();
+        let t = SchemaType {
+            name: "org.example.t.v1".into(),
+            minor_version: 0,
+            schema,
+            key_field: None,
+        };
+        let bus = eventbus::connect(eventbus::BusConfig::new()).await.unwrap();
+        let forged = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+        let error = t.decode("avro", &forged, &bus).unwrap_err();
+        assert!(error.contains("not a valid Avro datum"), "{error}");
+    }
 }

@@ -79,11 +79,21 @@ impl Redactor {
     /// Learns a secret value.
     pub fn secret(mut self, value: impl AsRef<str>) -> Self {
         let value = value.as_ref();
-        if value.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|s| s == value) {
-            self.secrets.push(value.to_owned());
-            // Longest first, so that a secret containing another is hidden whole.
-            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        if value.len() < MIN_SECRET_LEN {
+            return self;
         }
+        // `Debug` output, which [`Redactor::debug`] redacts, escapes quotes, backslashes and
+        // control characters: a secret holding one shows there only escaped, and a quote also
+        // cuts a URL short for the redaction by place. Found by fuzzing (issue 15).
+        let debug = format!("{value:?}");
+        let escaped = &debug[1..debug.len() - 1];
+        for form in [value, escaped] {
+            if !self.secrets.iter().any(|s| s == form) {
+                self.secrets.push(form.to_owned());
+            }
+        }
+        // Longest first, so that a secret containing another is hidden whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         self
     }
 
@@ -212,6 +222,24 @@ mod tests {
         assert_eq!(redact_url("redis://user:pw@h"), "redis://user:***@h");
         assert_eq!(redact_url("pulsar://token@h"), "pulsar://***@h");
         assert_eq!(redact_url("kafka://a:1,b:2"), "kafka://a:1,b:2");
+    }
+
+    /// Issue 15 (fuzzing, `fuzz/regressions/config_url/`): a URL password with a quote showed
+    /// in a configuration's `Debug`, which escapes the quote and so hid the password from both
+    /// the redaction by value and the one by place in the URL.
+    #[test]
+    fn a_secret_that_debug_escapes_is_hidden_escaped_too() {
+        let url = "rediss://:pa\"ss\\word@h:6380/2";
+        let config = crate::BusConfig::from_vars([("EVENT_BUS_URL", url)]).unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("ss\\\\word") && !debug.contains("pa\\\""),
+            "{debug}"
+        );
+        let secret = "tab\there";
+        let r = Redactor::new().secret(secret);
+        assert_eq!(r.redact(&format!("{secret:?}")), "\"***\"");
+        assert_eq!(r.redact(secret), "***");
     }
 
     #[test]

@@ -26,6 +26,22 @@ pub mod key;
 
 pub use key::KeySchema;
 
+/// Checks bytes from outside before `apache_avro::from_avro_datum` reads them as a datum of
+/// `schema`: apache-avro reserves room for a string, array or map by the length or count it
+/// reads, before it reads what they count, so a few forged bytes could make it ask for
+/// gigabytes and abort the process. Refuses a length beyond the bytes left, more items than
+/// the datum has bytes, and nesting deeper than 128; a datum that merely ends early passes
+/// (apache-avro reports that itself). Call it wherever a program decodes Avro from a topic.
+pub fn check_avro_datum(schema: &apache_avro::Schema, datum: &[u8]) -> Result<()> {
+    avro_decode::check_datum(schema, datum).map_err(|e| {
+        Error::new(
+            ErrorKind::Deserialize,
+            "the bytes are not a valid Avro datum of the schema",
+        )
+        .with_source(e)
+    })
+}
+
 /// What a serializer needs to know about the event it handles.
 #[derive(Debug, Clone, Copy)]
 pub struct SchemaContext<'a> {
@@ -302,18 +318,21 @@ fn decode_datum<'a>(
         // The common case: read the datum straight into the event, no Value tree.
         return Ok(Decoded::AvroDatum(payload, reader));
     }
+    let invalid = || {
+        Error::new(
+            ErrorKind::Deserialize,
+            "the payload is not valid Avro for this event type",
+        )
+        .with("event_type", ctx.event_type)
+    };
+    // apache-avro allocates by the lengths and counts it reads before it reads what they count:
+    // check them against the payload first (a six-byte payload could otherwise abort the process).
+    avro_decode::check_datum(writer.avro(), payload).map_err(|e| invalid().with_source(e))?;
     let mut input = payload;
     let resolve = (!same).then(|| reader.avro());
     apache_avro::from_avro_datum(writer.avro(), &mut input, resolve)
         .map(Decoded::Avro)
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Deserialize,
-                "the payload is not valid Avro for this event type",
-            )
-            .with("event_type", ctx.event_type)
-            .with_source(e)
-        })
+        .map_err(|e| invalid().with_source(e))
 }
 
 /// Schemaless Avro binary.

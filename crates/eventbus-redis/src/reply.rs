@@ -162,6 +162,58 @@ pub(crate) fn check_id(id: &str) -> Result<()> {
     }
 }
 
+/// Entry points for the fuzz targets of `crates/eventbus-fuzz` only (issue 15): they run a reply
+/// through the same conversions the reader applies, and exist so that the crate-private parsers
+/// can be fuzzed. Not an API; re-exported hidden as `eventbus_redis::__fuzz`.
+pub(crate) mod fuzz {
+    use eventbus_core::Message;
+    use redis::{FromRedisValue, Value};
+
+    use super::{oldest_first, AutoClaimReply, ClaimReply, Entry, ReadReply};
+    use crate::entry::from_fields;
+
+    /// A stream entry as the reader hands it on: its id and its message.
+    pub type Delivered = (String, Message);
+
+    fn messages(stream: &str, entries: Vec<Entry>) -> Vec<Delivered> {
+        entries
+            .into_iter()
+            .map(|e| {
+                let message = from_fields(stream, &e.id, e.fields);
+                (e.id, message)
+            })
+            .collect()
+    }
+
+    /// An `XREADGROUP` reply: the messages of each stream.
+    pub fn read_reply(v: Value) -> Result<Vec<(String, Vec<Delivered>)>, String> {
+        let ReadReply(streams) = ReadReply::from_redis_value(v).map_err(|e| e.to_string())?;
+        Ok(streams
+            .into_iter()
+            .map(|(stream, entries)| {
+                let delivered = messages(&stream, entries);
+                (stream, delivered)
+            })
+            .collect())
+    }
+
+    /// An `XCLAIM` reply: the claimed messages, oldest first.
+    pub fn claim_reply(stream: &str, v: Value) -> Result<Vec<Delivered>, String> {
+        let ClaimReply(entries) = ClaimReply::from_redis_value(v).map_err(|e| e.to_string())?;
+        Ok(messages(stream, oldest_first(entries)))
+    }
+
+    /// An `XAUTOCLAIM` reply: the cursor, the claimed messages oldest first, the deleted ids.
+    pub fn autoclaim_reply(
+        stream: &str,
+        v: Value,
+    ) -> Result<(String, Vec<Delivered>, Vec<String>), String> {
+        let reply = AutoClaimReply::from_redis_value(v).map_err(|e| e.to_string())?;
+        let claimed = messages(stream, oldest_first(reply.claimed));
+        Ok((reply.cursor, claimed, reply.deleted))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

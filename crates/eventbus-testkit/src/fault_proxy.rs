@@ -80,9 +80,12 @@ impl FaultProxy {
     pub async fn start_on(port: u16, upstream: impl AsRef<str>) -> Result<Self> {
         let upstream_text = upstream.as_ref();
         let upstream: SocketAddr = upstream_text.parse().map_err(|e| {
-            Error::new(ErrorKind::Config, "the fault proxy's upstream is no IP:PORT")
-                .with("upstream", upstream_text)
-                .with_source(e)
+            Error::new(
+                ErrorKind::Config,
+                "the fault proxy's upstream is no IP:PORT",
+            )
+            .with("upstream", upstream_text)
+            .with_source(e)
         })?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .await

@@ -163,7 +163,10 @@ fn tansu_args(ctx: &LaunchContext) -> Vec<String> {
 }
 
 fn tansu_args_behind_proxy(ctx: &LaunchContext) -> Vec<String> {
-    tansu_command(ctx.port, ctx.extra_ports.first().copied().unwrap_or(ctx.port))
+    tansu_command(
+        ctx.port,
+        ctx.extra_ports.first().copied().unwrap_or(ctx.port),
+    )
 }
 
 fn tansu_command(port: u16, advertised: u16) -> Vec<String> {

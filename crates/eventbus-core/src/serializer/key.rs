@@ -105,14 +105,18 @@ const PRIMITIVES: &[&str] = &[
 
 /// A key datum written with the primitive schema `schema`, as text.
 pub(crate) fn decode_key_datum(schema: &EventSchema, mut datum: &[u8]) -> Result<String> {
-    let value = apache_avro::from_avro_datum(schema.avro(), &mut datum, None).map_err(|e| {
+    let invalid = || {
         Error::new(
             ErrorKind::Deserialize,
             "the key is not valid Avro for its schema",
         )
         .with("schema", schema.json())
-        .with_source(e)
-    })?;
+    };
+    // The schema comes from the id in the key: any schema of the registry, not only a primitive.
+    // Lengths and counts are checked before apache-avro allocates by them.
+    super::avro_decode::check_datum(schema.avro(), datum).map_err(|e| invalid().with_source(e))?;
+    let value = apache_avro::from_avro_datum(schema.avro(), &mut datum, None)
+        .map_err(|e| invalid().with_source(e))?;
     Ok(match value {
         Value::String(s) => s,
         Value::Long(n) => n.to_string(),
@@ -224,6 +228,19 @@ mod tests {
         assert_eq!(name.encode_datum("ab").unwrap(), [0x04, b'a', b'b']);
         let err = id.encode_datum("forty-two").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Serialize);
+    }
+
+    /// Issue 15 (fuzzing): a key's schema id may name any schema of the registry; a key datum
+    /// with a forged array count made apache-avro reserve tens of gigabytes and abort.
+    #[test]
+    fn a_key_with_a_forged_count_is_an_error() {
+        let tags = EventSchema::parse(
+            r#"{"type": "record", "name": "K", "fields": [{"name": "tags", "type": {"type": "array", "items": "string"}}]}"#,
+        )
+        .unwrap();
+        let err = decode_key_datum(&tags, &[0xfe, 0xff, 0xff, 0xff, 0x0f, 2, b'a']).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Deserialize);
+        assert!(err.to_string().contains("cannot fit"), "{err:?}");
     }
 
     #[test]

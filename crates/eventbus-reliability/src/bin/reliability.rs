@@ -55,7 +55,10 @@ async fn main() -> ExitCode {
     for scenario in scenarios {
         for &backend in &backends {
             if let Some(why) = scenario.not_applicable(backend) {
-                println!("| {scenario} | {backend} | – | – | – | – | – | – | n/a: {why} |");
+                println!(
+                    "| {} | {backend} | – | – | – | – | – | – | n/a: {why} |",
+                    scenario.title()
+                );
                 continue;
             }
             let started = std::time::Instant::now();
@@ -66,9 +69,8 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     failed = true;
-                    println!(
-                        "| {scenario} | {backend} | – | – | – | – | – | – | **failed**: {e:#} |"
-                    );
+                    let title = scenario.title();
+                    println!("| {title} | {backend} | – | – | – | – | – | – | **failed**: {e:#} |");
                 }
             }
             eprintln!(

@@ -141,7 +141,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         notes.push_str(&format!("; {unnumbered} dead letters without their number"));
     }
     Ok(Row {
-        scenario: "4 garbage on the topic",
+        scenario: super::Scenario::Garbage.title(),
         backend: backend.name(),
         counts: ledger.counts(),
         recovery: None,

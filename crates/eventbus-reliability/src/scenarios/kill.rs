@@ -84,7 +84,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     }
     std::fs::remove_dir_all(&dir).ok();
     Ok(Row {
-        scenario: "2 consumer process killed",
+        scenario: super::Scenario::Kill.title(),
         backend: backend.name(),
         counts,
         recovery: Some(recovery),

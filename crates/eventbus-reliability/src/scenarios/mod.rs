@@ -77,6 +77,17 @@ impl Scenario {
         }
     }
 
+    /// The name of its rows in the table, e.g. `1 broker restarts`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Restart => "1 broker restarts",
+            Scenario::Kill => "2 consumer process killed",
+            Scenario::Network => "3 network faults",
+            Scenario::Garbage => "4 garbage on the topic",
+            Scenario::Slow => "5 slow consumer",
+        }
+    }
+
     /// Why the scenario does not apply to `backend`, if it does not.
     pub fn not_applicable(self, backend: Backend) -> Option<&'static str> {
         match (self, backend) {

@@ -82,7 +82,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         notes.push_str(&format!("; consumer stopped: {ended:?}"));
     }
     Ok(Row {
-        scenario: "3 network faults",
+        scenario: super::Scenario::Network.title(),
         backend: backend.name(),
         counts: ledger.counts(),
         recovery,

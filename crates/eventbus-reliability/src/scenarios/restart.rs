@@ -97,7 +97,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         notes.push_str(&format!("; consumer stopped: {ended:?}"));
     }
     Ok(Row {
-        scenario: "1 broker restarts",
+        scenario: super::Scenario::Restart.title(),
         backend: backend.name(),
         counts,
         recovery: worst,

@@ -83,7 +83,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         notes.push_str(&format!("; consumer stopped: {ended:?}"));
     }
     Ok(Row {
-        scenario: "5 slow consumer",
+        scenario: super::Scenario::Slow.title(),
         backend: backend.name(),
         counts: ledger.counts(),
         recovery: None,

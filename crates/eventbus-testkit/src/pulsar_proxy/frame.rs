@@ -25,6 +25,9 @@ const FIELD_LOOKUP_RESPONSE: u32 = 24;
 const FIELDS_BROKER_URL: [u32; 2] = [1, 2];
 /// A `totalSize` above this is taken for garbage; Pulsar's default maximum message is 5 MiB.
 pub(super) const MAX_FRAME: usize = 64 << 20;
+/// The most room [`take_frame`] reserves ahead for the rest of a frame. The size a header
+/// announces is only the peer's word: memory grows with the bytes that arrive, not with it.
+pub(super) const RESERVE_AHEAD: usize = 1 << 20;
 
 /// CRC32C (Castagnoli), the checksum of Pulsar payload frames.
 pub(super) static CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
@@ -90,7 +93,7 @@ pub(super) fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameEr
         return Err(malformed(format!("total size {total} out of range")));
     }
     if buf.len() < 4 + total {
-        buf.reserve(4 + total - buf.len());
+        buf.reserve((4 + total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     Ok(Some(buf.split_to(4 + total)))

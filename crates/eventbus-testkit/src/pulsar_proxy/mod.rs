@@ -32,6 +32,50 @@ mod frame;
 #[cfg(test)]
 mod tests;
 
+/// For the fuzz targets of `crates/eventbus-fuzz` only (issue 15): the frame parser, which is
+/// private to the proxy. Not an API; may change at any time.
+#[doc(hidden)]
+pub mod __fuzz {
+    use bytes::BytesMut;
+
+    use super::frame::{self, Fixed};
+
+    /// What the proxy does with one frame.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Fix {
+        /// Forwarded as it is.
+        Unchanged,
+        /// A MESSAGE frame given the magic number and CRC32C: the new frame.
+        Checksummed(Vec<u8>),
+        /// A lookup response with the proxy's URL: the new frame.
+        LookupRewritten(Vec<u8>),
+    }
+
+    /// The largest `totalSize` the proxy accepts.
+    pub const MAX_FRAME: usize = frame::MAX_FRAME;
+
+    /// Removes the first complete frame from `buf`, as the proxy's read loop does.
+    pub fn take_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, String> {
+        frame::take_frame(buf).map_err(|e| e.to_string())
+    }
+
+    /// The proxy's two fixes, applied to one frame from [`take_frame`].
+    pub fn fix_frame(frame: &[u8], proxy_url: &str) -> Result<Fix, String> {
+        Ok(
+            match frame::fix_frame(frame, proxy_url).map_err(|e| e.to_string())? {
+                Fixed::Unchanged => Fix::Unchanged,
+                Fixed::Checksummed(out) => Fix::Checksummed(out),
+                Fixed::LookupRewritten(out) => Fix::LookupRewritten(out),
+            },
+        )
+    }
+
+    /// Whether a frame is the broker's CONNECTED answer (the readiness probe's check).
+    pub fn is_connected(frame: &[u8]) -> bool {
+        frame::is_connected(frame)
+    }
+}
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::frame::{fix_frame, take_frame, Fixed, CRC32C};
+use super::frame::{fix_frame, take_frame, Fixed, CRC32C, MAX_FRAME, RESERVE_AHEAD};
 use super::PulsarFrameProxy;
 
 const PROXY_URL: &str = "pulsar://127.0.0.1:40001";
@@ -150,6 +150,28 @@ fn frames_split_across_reads_reassemble() {
     }
     assert!(buf.is_empty());
     assert_eq!(taken, frames);
+}
+
+/// Issue 15 (fuzzing): four bytes announcing the largest frame made the proxy reserve 64 MiB
+/// before any of it arrived. Room is now reserved a bounded step ahead, and the frame still
+/// comes out whole once its bytes are there (`fuzz/regressions/pulsar_frame/`).
+#[test]
+fn an_announced_size_reserves_a_bounded_step_ahead() {
+    let header = (MAX_FRAME as u32).to_be_bytes();
+    let mut buf = BytesMut::from(&header[..]);
+    assert!(take_frame(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+
+    let big = frame(PING, &vec![7; 3 * RESERVE_AHEAD]);
+    let mut buf = BytesMut::new();
+    let mut taken = None;
+    for chunk in big.chunks(64 * 1024) {
+        assert!(taken.is_none());
+        buf.extend_from_slice(chunk);
+        taken = take_frame(&mut buf).unwrap();
+        assert!(buf.capacity() <= big.len() + 2 * RESERVE_AHEAD);
+    }
+    assert_eq!(taken.unwrap().as_ref(), big.as_slice());
 }
 
 #[test]
