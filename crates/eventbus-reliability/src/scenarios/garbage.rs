@@ -67,7 +67,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
             })
             .collect();
         for (seq, message) in batch {
-            ledger.attempted(seq);
+            ledger.attempted();
             match bus
                 .transport()
                 .publisher
@@ -82,7 +82,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
             }
         }
         let probe = Probe::new(g, format!("key-{}", g % 16), 200);
-        ledger.attempted(g);
+        ledger.attempted();
         bus.producer().send(&topic, &probe).await?;
         ledger.acked(g);
     }
@@ -206,17 +206,9 @@ fn garbage(template: &Message, backend: Backend, seq: u64) -> Message {
         }
         4 => {
             m.key = Some(Bytes::new());
-            m.headers = without(&m.headers, "ce_id");
+            m.headers.remove("ce_id");
         }
         _ => m.headers.insert("ce_type", [0xff, 0xfe, b'x', 0xc3]),
     }
     m
-}
-
-fn without(headers: &eventbus::Headers, name: &str) -> eventbus::Headers {
-    let mut kept = eventbus::Headers::default();
-    for (n, v) in headers.iter().filter(|(n, _)| *n != name) {
-        kept.insert(n, v);
-    }
-    kept
 }

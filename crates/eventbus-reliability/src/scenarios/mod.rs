@@ -180,7 +180,7 @@ async fn send_until_confirmed(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + give_up;
     loop {
-        ledger.attempted(probe.seq);
+        ledger.attempted();
         let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, bus.producer().send(topic, probe));
         let error = match attempt.await {
             Ok(Ok(_)) => {
@@ -250,7 +250,7 @@ async fn publish_all(
         .map(|seq| Probe::new(seq, format!("key-{}", seq % 64), 200))
         .collect();
     for chunk in events.chunks(batch) {
-        chunk.iter().for_each(|p| ledger.attempted(p.seq));
+        chunk.iter().for_each(|_| ledger.attempted());
         bus.producer().send_batch(topic, chunk).await?;
         ledger.acked_all(chunk.iter().map(|p| p.seq));
     }
@@ -262,16 +262,18 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The process's peak resident memory so far (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    status_mib("VmHWM:")
 }
 
 /// The process's resident memory now (`VmRSS`), in MiB.
 pub fn rss_mib() -> Option<f64> {
+    status_mib("VmRSS:")
+}
+
+/// A `kB` line of `/proc/self/status`, in MiB.
+fn status_mib(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
