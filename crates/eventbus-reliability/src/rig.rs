@@ -29,6 +29,21 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Whether the test broker can hold confirmed events back after network faults until the
+    /// next publish: pulsar-lite 0.2 (RELIABILITY.md, finding 4). Real Pulsar dispatches on the
+    /// consumer's permits.
+    pub fn holds_back_until_next_publish(self) -> bool {
+        self == Backend::Pulsar
+    }
+
+    /// Whether the test broker keeps a consumer whose connection was reset, with the messages
+    /// it had out, for as long as it runs: pulsar-lite 0.2 (RELIABILITY.md, finding 4). Its
+    /// side of a reset connection is then closed in order, as a broker's kernel would see a
+    /// client that went away, so that the group gets those messages back.
+    pub fn keeps_consumers_of_reset_connections(self) -> bool {
+        self == Backend::Pulsar
+    }
+
     /// Every backend, in table order.
     pub const ALL: [Backend; 4] = [
         Backend::Memory,
@@ -306,6 +321,29 @@ impl Rig {
             None => String::new(),
         }
     }
+}
+
+/// Waits until `ledger` is complete, for at most `limit`; gives up early, returning `false`, once
+/// nothing new was received for `quiet`.
+pub async fn wait_until_complete_or_quiet(
+    ledger: &crate::ledger::Ledger,
+    limit: Duration,
+    quiet: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let (mut seen, mut since) = (ledger.received_count(), tokio::time::Instant::now());
+    while !ledger.complete() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline || now - since >= quiet {
+            return false;
+        }
+        let received = ledger.received_count();
+        if received != seen {
+            (seen, since) = (received, now);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 /// Waits until `done` holds, checking every 50 ms, for at most `limit`.

@@ -37,6 +37,8 @@ struct Faults {
     black_hole: bool,
     /// Bumped by every [`FaultProxy::reset`]; a connection opened before the bump is reset.
     resets: u64,
+    /// Whether a reset closes the broker's side with a FIN rather than a RST.
+    upstream_fin: bool,
 }
 
 /// Counters of what went through the proxy, for a test's report.
@@ -137,6 +139,14 @@ impl FaultProxy {
         self.faults.send_modify(|f| f.resets += 1);
     }
 
+    /// Makes [`FaultProxy::reset`] close the broker's side of each connection with a FIN (an
+    /// orderly close) while the client's side still gets a RST. For a test broker that mishandles
+    /// a reset connection: pulsar-lite 0.2 keeps a consumer whose connection was reset, with
+    /// the messages it had out, for as long as it runs (RELIABILITY.md, finding 4).
+    pub fn close_upstream_on_reset(&self) {
+        self.faults.send_modify(|f| f.upstream_fin = true);
+    }
+
     /// Starts (`true`) or ends (`false`) a black hole: nothing is forwarded meanwhile.
     pub fn black_hole(&self, on: bool) {
         self.faults.send_modify(|f| f.black_hole = on);
@@ -218,7 +228,8 @@ async fn serve(
     loop {
         let now = *faults.borrow_and_update();
         if now.resets != born {
-            return abort(&client, Some(&server), counters);
+            let server = (!now.upstream_fin).then_some(&server);
+            return abort(&client, server, counters);
         }
         if now.black_hole {
             // Read nothing, so both peers' sends pile up in the kernel and then stall.

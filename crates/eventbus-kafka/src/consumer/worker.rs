@@ -1,17 +1,21 @@
-//! One subscription's worker: the task that owns the Kafka consumer.
+//! One subscription's worker: the task that owns the Kafka consumer's polling.
 //!
 //! librdkafka wakes it when its queue has something (messages, rebalances, errors), and it
-//! serves the queue without blocking, between acknowledgements; it never stops polling, so the
-//! group session never starves. Each partition's messages go through a
-//! [`PartitionWindow`]: many are out at once, but a key's next message only once the previous
-//! one was acknowledged, so order per key holds with concurrency across keys and partitions.
-//! The offset stored (and committed by the periodic auto-commit, on revocation and on close) is
-//! the end of the acknowledged prefix, so nothing unacknowledged is skipped. A nacked message is
-//! handed out again after its delay, its key still held. A partition whose window fills is
-//! paused and resumed when it drains.
+//! serves the queue without blocking; it never stops polling, so the group session never
+//! starves. Each partition's messages go through a [`PartitionWindow`]: many are out at once,
+//! but a key's next message only once the previous one was acknowledged, so order per key holds
+//! with concurrency across keys and partitions. The offset stored (and committed by the
+//! periodic auto-commit, on revocation and on close) is the end of the acknowledged prefix, so
+//! nothing unacknowledged is skipped. A nacked message is handed out again after its delay, its
+//! key still held.
+//!
+//! Acknowledgers do their part themselves, under the lock of the windows: mark the window,
+//! store the offset (librdkafka's store is thread-safe and only records it) and hand out what
+//! the ack unblocked. A round trip through the worker per ack was most of the consumer's cost
+//! (BENCHMARKS.md); the worker is woken only when a full window gets room again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,7 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::topic_partition_list::TopicPartitionList;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::group::{GroupContext, Partition};
 use crate::client::failed;
@@ -34,29 +38,6 @@ pub(crate) type KafkaConsumer = BaseConsumer<GroupContext>;
 /// How long closing may wait for the group to let the consumer go.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 type Deliveries = mpsc::UnboundedSender<Result<Delivery>>;
-
-/// What acknowledgers tell the worker.
-#[derive(Debug)]
-enum Command {
-    Ack {
-        partition: Partition,
-        epoch: u64,
-        offset: i64,
-        done: oneshot::Sender<Result<()>>,
-    },
-    Nack {
-        partition: Partition,
-        epoch: u64,
-        offset: i64,
-        delay: Duration,
-    },
-    /// A nack's delay is over: hand the message out again.
-    Redeliver {
-        partition: Partition,
-        epoch: u64,
-        offset: i64,
-    },
-}
 
 /// A message as polled: owned, so the consumer is free again.
 struct Received {
@@ -78,7 +59,7 @@ impl From<&BorrowedMessage<'_>> for Received {
     }
 }
 
-/// A message held by the worker.
+/// A message held in a window.
 #[derive(Debug, Clone)]
 struct Held {
     message: Message,
@@ -87,7 +68,7 @@ struct Held {
     published_at: Option<i64>,
 }
 
-/// What the worker holds of one assigned partition.
+/// What is held of one assigned partition.
 #[derive(Debug)]
 struct PartitionState {
     /// Distinguishes this assignment from earlier ones, so that late acks of a partition that
@@ -98,22 +79,31 @@ struct PartitionState {
     paused: bool,
 }
 
-/// Where deliveries go out and acknowledgers send their commands.
-struct Outlet {
+/// The assigned partitions, behind the lock that the worker and acknowledgers share.
+#[derive(Default)]
+struct Partitions {
+    states: HashMap<Partition, PartitionState>,
+    /// Partitions with a queue of their own: read only while their window has room.
+    queues: HashMap<Partition, PartitionQueue<GroupContext>>,
+    next_epoch: u64,
+    /// Set once the worker closed the consumer: later acks go nowhere.
+    closed: bool,
+}
+
+/// What the worker and every acknowledger of a subscription reach.
+struct Shared {
+    /// Handed to each acknowledger.
+    me: Weak<Shared>,
+    consumer: Arc<KafkaConsumer>,
+    partitions: Mutex<Partitions>,
     deliveries: Deliveries,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Wakes the worker: librdkafka has something, or a full window got room.
+    wake: Arc<Notify>,
+    buffer: usize,
 }
 
 pub(crate) struct Worker {
-    consumer: Arc<KafkaConsumer>,
-    /// Partitions with a queue of their own: read only while their window has room.
-    queues: HashMap<Partition, PartitionQueue<GroupContext>>,
-    wake: Arc<Notify>,
-    outlet: Outlet,
-    commands: mpsc::UnboundedReceiver<Command>,
-    partitions: HashMap<Partition, PartitionState>,
-    next_epoch: u64,
-    buffer: usize,
+    shared: Arc<Shared>,
     membership: Membership,
 }
 
@@ -124,48 +114,34 @@ impl Worker {
         buffer: usize,
         membership: Membership,
     ) -> Self {
-        let (command_tx, commands) = mpsc::unbounded_channel();
         let wake = Arc::clone(consumer.context().wake());
         let waker = wake.clone();
         consumer.set_nonempty_callback(move || waker.notify_one());
         let consumer = Arc::new(consumer);
         consumer.context().attach(&consumer);
-        Self {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
             consumer,
-            queues: HashMap::new(),
+            partitions: Mutex::default(),
+            deliveries,
             wake,
-            outlet: Outlet {
-                deliveries,
-                commands: command_tx,
-            },
-            commands,
-            partitions: HashMap::new(),
-            next_epoch: 1,
             buffer,
-            membership,
-        }
+        });
+        Self { shared, membership }
     }
 
-    pub(crate) async fn run(mut self, mut closed: watch::Receiver<bool>) {
-        let deliveries = self.outlet.deliveries.clone();
-        let wake = self.wake.clone();
+    pub(crate) async fn run(self, mut closed: watch::Receiver<bool>) {
+        let deliveries = self.shared.deliveries.clone();
+        let wake = self.shared.wake.clone();
         let mut failures = 0u32;
         loop {
             self.serve_queue(&mut failures).await;
-            tracing::trace!(partitions = self.partitions.len(), "worker idle");
+            tracing::trace!("worker idle");
             let closing = async { closed.wait_for(|c| *c).await.map(drop) };
             tokio::select! {
                 _ = closing => break,
                 () = deliveries.closed() => break,
                 () = wake.notified() => {}
-                Some(command) = self.commands.recv() => {
-                    self.drop_revoked();
-                    self.handle(command);
-                    // Acks come many at a time: take them all before serving the queues again.
-                    while let Ok(command) = self.commands.try_recv() {
-                        self.handle(command);
-                    }
-                }
                 // librdkafka's housekeeping (and a wake-up that raced the last poll).
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
@@ -174,15 +150,18 @@ impl Worker {
     }
 
     /// Takes everything librdkafka has ready, without blocking.
-    async fn serve_queue(&mut self, failures: &mut u32) {
+    async fn serve_queue(&self, failures: &mut u32) {
+        let shared = &self.shared;
         loop {
-            let error = match self.consumer.poll(Duration::ZERO) {
-                None => return self.serve_partitions(failures).await,
+            let error = match shared.consumer.poll(Duration::ZERO) {
+                None => match shared.serve_partitions(failures) {
+                    None => return,
+                    Some(error) => error,
+                },
                 Some(Ok(message)) => {
                     *failures = 0;
                     let message = Received::from(&message);
-                    self.drop_revoked();
-                    self.take(message);
+                    shared.lock().take(shared, message);
                     continue;
                 }
                 Some(Err(e)) => e,
@@ -191,64 +170,26 @@ impl Worker {
             // the stream, where the core logs and counts it like every backend's.
             *failures = failures.saturating_add(1);
             tracing::debug!(error = %error, "Kafka consumer error; polling on");
-            let _ = self
-                .outlet
+            let _ = shared
                 .deliveries
                 .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
             tokio::time::sleep(eventbus_core::transport::reconnect_delay(*failures)).await;
         }
     }
 
-    /// Takes the messages of partitions with a queue of their own, as far as their windows
-    /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
-    /// queue is full, so memory stays bounded without a pause.
-    async fn serve_partitions(&mut self, failures: &mut u32) {
-        // Revocations first: an eager rebalance revokes a partition, then assigns it again with a
-        // new queue, which must not be dropped as revoked.
-        self.drop_revoked();
-        for (partition, queue) in self.consumer.context().take_assigned() {
-            self.queues.insert(partition, queue);
-        }
-        let partitions: Vec<Partition> = self.queues.keys().cloned().collect();
-        for partition in partitions {
-            loop {
-                let full = self
-                    .partitions
-                    .get(&partition)
-                    .is_some_and(|s| !s.window.has_room());
-                let Some(queue) = self.queues.get(&partition).filter(|_| !full) else {
-                    break;
-                };
-                let received = match queue.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Ok(message)) => Ok(Received::from(&message)),
-                    Some(Err(e)) => Err(e),
-                };
-                match received {
-                    Ok(message) => {
-                        *failures = 0;
-                        self.take(message);
-                    }
-                    Err(error) => {
-                        *failures = failures.saturating_add(1);
-                        tracing::debug!(error = %error, ?partition, "Kafka partition error; polling on");
-                        let _ = self.outlet.deliveries.send(Err(failed(
-                            ErrorKind::Subscribe,
-                            "fetch",
-                            error,
-                        )));
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
     /// Commits what was acknowledged and leaves the group, off the async threads.
-    async fn close(mut self) {
-        // Partition queues hold the consumer; they go first, so it is dropped below.
-        self.queues.clear();
-        let consumer = self.consumer;
+    async fn close(self) {
+        {
+            let mut locked = self.shared.lock();
+            let partitions = &mut locked.partitions;
+            partitions.closed = true;
+            // Partition queues hold the consumer; they go first, so it is dropped below.
+            partitions.queues.clear();
+            partitions.states.clear();
+        }
+        let consumer = Arc::clone(&self.shared.consumer);
+        // Acknowledgers hold only a weak handle: the consumer ends with this task.
+        drop(self.shared);
         let membership = self.membership;
         let closed = tokio::task::spawn_blocking(move || {
             match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -286,120 +227,79 @@ impl Worker {
             tracing::warn!(error = %e, "closing the Kafka consumer failed");
         }
     }
+}
 
-    fn drop_revoked(&mut self) {
-        for partition in self.consumer.context().take_revoked() {
-            self.partitions.remove(&partition);
-            self.queues.remove(&partition);
-        }
+fn reassigned(partition: &Partition, offset: i64) -> Error {
+    // Revoked since: the next owner reads it again from the last commit.
+    Error::new(
+        ErrorKind::Reassigned,
+        "the partition was revoked before the acknowledgement; another member will see the message again",
+    )
+    .with("topic", &partition.0)
+    .with("partition", partition.1)
+    .with("offset", offset)
+}
+
+impl Shared {
+    fn lock(&self) -> Locked<'_> {
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        partitions.follow_rebalances(&self.consumer);
+        Locked { partitions }
     }
 
-    /// A message from the broker: out at once if its partition is free, else in line.
-    fn take(&mut self, Received { partition, held }: Received) {
-        tracing::trace!(?partition, offset = held.offset, "received");
-        if self
-            .consumer
-            .context()
-            .before_start(&partition, held.published_at)
-        {
-            // Older than the start time: read past it as if handled.
-            if let Err(e) = self
-                .consumer
-                .store_offset(&partition.0, partition.1, held.offset)
-            {
-                tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
-            }
-            return;
-        }
-        let next_epoch = &mut self.next_epoch;
-        let buffer = self.buffer;
-        let state = self.partitions.entry(partition.clone()).or_insert_with(|| {
-            *next_epoch += 1;
-            PartitionState {
-                epoch: *next_epoch,
-                window: PartitionWindow::new(buffer),
-                paused: false,
-            }
-        });
-        let key = held.message.key.clone();
-        state.window.push(held.offset, key.as_deref(), held);
-        self.outlet.release(&partition, state);
-        // A partition with its own queue is simply read no further while its window is full.
-        if !state.window.has_room() && !state.paused && !self.queues.contains_key(&partition) {
-            state.paused = true;
-            if let Err(e) = self.consumer.pause(&single(&partition)) {
-                tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
-            }
-        }
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Ack {
-                partition,
-                epoch,
-                offset,
-                done,
-            } => {
-                let result = self.acknowledge(&partition, epoch, offset);
-                let _ = done.send(result);
-            }
-            Command::Nack {
-                partition,
-                epoch,
-                offset,
-                delay,
-            } => {
-                let tx = self.outlet.commands.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Command::Redeliver {
-                        partition,
-                        epoch,
-                        offset,
-                    });
-                });
-            }
-            Command::Redeliver {
-                partition,
-                epoch,
-                offset,
-            } => {
-                let Some(state) = self
+    /// Takes the messages of partitions with a queue of their own, as far as their windows
+    /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
+    /// queue is full, so memory stays bounded without a pause. Returns a partition's error.
+    fn serve_partitions(&self, failures: &mut u32) -> Option<KafkaError> {
+        let mut locked = self.lock();
+        let partitions: Vec<Partition> = locked.partitions.queues.keys().cloned().collect();
+        for partition in partitions {
+            loop {
+                let full = locked
                     .partitions
-                    .get_mut(&partition)
-                    .filter(|s| s.epoch == epoch)
+                    .states
+                    .get(&partition)
+                    .is_some_and(|s| !s.window.has_room());
+                let Some(queue) = locked.partitions.queues.get(&partition).filter(|_| !full)
                 else {
-                    return;
+                    break;
                 };
-                let Some(out) = state.window.out_mut(offset) else {
-                    return;
+                let received = match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => Received::from(&message),
+                    Some(Err(error)) => {
+                        tracing::debug!(error = %error, ?partition, "Kafka partition error");
+                        return Some(error);
+                    }
                 };
-                out.attempt += 1;
-                let held = out.clone();
-                self.outlet.hand_out(&partition, epoch, held);
+                *failures = 0;
+                locked.take(self, received);
             }
         }
+        None
     }
 
     /// Stores the offset an acknowledgement makes committable and hands out what it unblocks.
-    fn acknowledge(&mut self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
-        let reassigned = || {
-            // Revoked since: the next owner reads it again from the last commit.
-            Error::new(
-                ErrorKind::Reassigned,
-                "the partition was revoked before the acknowledgement; another member will see the message again",
-            )
-            .with("topic", &partition.0)
-            .with("partition", partition.1)
-            .with("offset", offset)
-        };
-        let state = self
+    fn acknowledge(&self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
+        let mut locked = self.lock();
+        if locked.partitions.closed {
+            return Err(gone());
+        }
+        let has_queue = locked.partitions.queues.contains_key(partition);
+        let state = locked
             .partitions
+            .states
             .get_mut(partition)
             .filter(|s| s.epoch == epoch)
-            .ok_or_else(reassigned)?;
-        let committable = state.window.ack(offset).map_err(|_| reassigned())?;
+            .ok_or_else(|| reassigned(partition, offset))?;
+        let was_full = !state.window.has_room();
+        let committable = state
+            .window
+            .ack(offset)
+            .map_err(|_| reassigned(partition, offset))?;
         tracing::trace!(?partition, offset, "acknowledged");
         if let Some(next) = committable {
             // `store_offset` stores the next offset to read, its argument + 1.
@@ -411,18 +311,39 @@ impl Worker {
                         .with("partition", partition.1)
                 })?;
         }
-        self.outlet.release(partition, state);
+        self.release(partition, state);
         if state.paused && state.window.len() <= self.buffer / 2 {
             state.paused = false;
             if let Err(e) = self.consumer.resume(&single(partition)) {
                 tracing::warn!(error = %e, ?partition, "cannot resume a partition");
             }
         }
+        if was_full && has_queue && state.window.has_room() {
+            // Its queue was left unread; the worker reads it again.
+            self.wake.notify_one();
+        }
         Ok(())
     }
-}
 
-impl Outlet {
+    /// A nacked message's delay is over: hands it out again, its key still held.
+    fn redeliver(&self, partition: &Partition, epoch: u64, offset: i64) {
+        let mut locked = self.lock();
+        let Some(state) = locked
+            .partitions
+            .states
+            .get_mut(partition)
+            .filter(|s| s.epoch == epoch)
+        else {
+            return;
+        };
+        let Some(out) = state.window.out_mut(offset) else {
+            return;
+        };
+        out.attempt += 1;
+        let held = out.clone();
+        self.hand_out(partition, epoch, held);
+    }
+
     /// Hands out every message of the partition whose key is free.
     fn release(&self, partition: &Partition, state: &mut PartitionState) {
         while let Some((_, held)) = state.window.next_ready() {
@@ -439,7 +360,7 @@ impl Outlet {
             "handing out"
         );
         let acker = Box::new(OffsetAck {
-            commands: self.commands.clone(),
+            shared: self.me.clone(),
             partition: partition.clone(),
             epoch,
             offset: held.offset,
@@ -452,8 +373,68 @@ impl Outlet {
         if let Some(at) = held.published_at.and_then(DateTime::from_timestamp_millis) {
             delivery = delivery.published_at(at);
         }
-        // A closed channel means the stream was dropped; the loop ends on its own.
+        // A closed channel means the stream was dropped; the worker ends on its own.
         let _ = self.deliveries.send(Ok(delivery));
+    }
+}
+
+/// The partitions, locked.
+struct Locked<'a> {
+    partitions: MutexGuard<'a, Partitions>,
+}
+
+impl Partitions {
+    /// Forgets revoked partitions and takes the queues of assigned ones, in that order: an
+    /// eager rebalance revokes a partition, then assigns it again with a new queue, which must
+    /// not be dropped as revoked.
+    fn follow_rebalances(&mut self, consumer: &KafkaConsumer) {
+        let context = consumer.context();
+        for partition in context.take_revoked() {
+            self.states.remove(&partition);
+            self.queues.remove(&partition);
+        }
+        if !self.closed {
+            self.queues.extend(context.take_assigned());
+        }
+    }
+}
+
+impl Locked<'_> {
+    /// A message from the broker: out at once if its key is free, else in line.
+    fn take(&mut self, shared: &Shared, Received { partition, held }: Received) {
+        tracing::trace!(?partition, offset = held.offset, "received");
+        let consumer = &shared.consumer;
+        if consumer.context().before_start(&partition, held.published_at) {
+            // Older than the start time: read past it as if handled.
+            if let Err(e) = consumer.store_offset(&partition.0, partition.1, held.offset) {
+                tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
+            }
+            return;
+        }
+        let has_queue = self.partitions.queues.contains_key(&partition);
+        let partitions = &mut *self.partitions;
+        let next_epoch = &mut partitions.next_epoch;
+        let state = partitions
+            .states
+            .entry(partition.clone())
+            .or_insert_with(|| {
+                *next_epoch += 1;
+                PartitionState {
+                    epoch: *next_epoch,
+                    window: PartitionWindow::new(shared.buffer),
+                    paused: false,
+                }
+            });
+        let key = held.message.key.clone();
+        state.window.push(held.offset, key.as_deref(), held);
+        shared.release(&partition, state);
+        // A partition with its own queue is simply read no further while its window is full.
+        if !state.window.has_room() && !state.paused && !has_queue {
+            state.paused = true;
+            if let Err(e) = consumer.pause(&single(&partition)) {
+                tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
+            }
+        }
     }
 }
 
@@ -483,10 +464,10 @@ fn to_message(message: &BorrowedMessage<'_>) -> Message {
     }
 }
 
-/// Acknowledges one message through the worker.
+/// Acknowledges one message on the windows it came from.
 #[derive(Debug)]
 struct OffsetAck {
-    commands: mpsc::UnboundedSender<Command>,
+    shared: Weak<Shared>,
     partition: Partition,
     epoch: u64,
     offset: i64,
@@ -499,27 +480,28 @@ fn gone() -> Error {
     )
 }
 
+impl OffsetAck {
+    fn shared(&self) -> Result<Arc<Shared>> {
+        self.shared.upgrade().ok_or_else(gone)
+    }
+}
+
 #[async_trait]
 impl Acknowledge for OffsetAck {
     async fn ack(self: Box<Self>) -> Result<()> {
-        let (done, answer) = oneshot::channel();
-        let command = Command::Ack {
-            partition: self.partition,
-            epoch: self.epoch,
-            offset: self.offset,
-            done,
-        };
-        self.commands.send(command).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        let shared = self.shared()?;
+        shared.acknowledge(&self.partition, self.epoch, self.offset)
     }
 
     async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
-        let command = Command::Nack {
-            partition: self.partition,
-            epoch: self.epoch,
-            offset: self.offset,
-            delay,
-        };
-        self.commands.send(command).map_err(|_| gone())
+        // Checked now, so that a closed subscription says so to the caller.
+        drop(self.shared()?);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(shared) = self.shared() {
+                shared.redeliver(&self.partition, self.epoch, self.offset);
+            }
+        });
+        Ok(())
     }
 }
