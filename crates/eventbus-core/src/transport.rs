@@ -110,6 +110,12 @@ impl Headers {
             .push((header_name(name), Bytes::copy_from_slice(value.as_ref())));
     }
 
+    /// [`Headers::append`] with a value that is moved in, not copied: a backend that copies a
+    /// whole message out of its client's buffer at once hands out slices of that one copy.
+    pub fn append_bytes(&mut self, name: impl AsRef<str> + Into<String>, value: Bytes) {
+        self.0.push((header_name(name), value));
+    }
+
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &str) {
         self.0.retain(|(n, _)| n != name);

@@ -17,11 +17,6 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// The number of a marker event that no ledger counts: published only to make a broker
-    /// dispatch what it holds back (RELIABILITY.md, finding 4). The largest number an Avro `long`
-    /// holds.
-    pub const MARKER: u64 = i64::MAX as u64;
-
     /// Event `seq` with `key` and a body of about `size` bytes.
     pub fn new(seq: u64, key: impl Into<String>, size: usize) -> Self {
         Self {
