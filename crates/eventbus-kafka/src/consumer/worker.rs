@@ -263,8 +263,7 @@ impl Shared {
                     .states
                     .get(&partition)
                     .is_some_and(|s| !s.window.has_room());
-                let Some(queue) = locked.partitions.queues.get(&partition).filter(|_| !full)
-                else {
+                let Some(queue) = locked.partitions.queues.get(&partition).filter(|_| !full) else {
                     break;
                 };
                 let received = match queue.poll(Duration::ZERO) {
@@ -404,7 +403,10 @@ impl Locked<'_> {
     fn take(&mut self, shared: &Shared, Received { partition, held }: Received) {
         tracing::trace!(?partition, offset = held.offset, "received");
         let consumer = &shared.consumer;
-        if consumer.context().before_start(&partition, held.published_at) {
+        if consumer
+            .context()
+            .before_start(&partition, held.published_at)
+        {
             // Older than the start time: read past it as if handled.
             if let Err(e) = consumer.store_offset(&partition.0, partition.1, held.offset) {
                 tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
