@@ -35,16 +35,11 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let topic = unique("network");
     let ledger = Ledger::default();
     let consumers = rig.connect("reliability-network-consumer", |c| c).await?;
-    let consumer = receive(
-        &consumers,
-        &topic,
-        "network-readers",
-        &ledger,
-        |_| {},
-        Duration::ZERO,
-    )
-    .await
-    .context("start the consumer")?;
+    let join = || {
+        let readers = "network-readers";
+        receive(&consumers, &topic, readers, &ledger, |_| {}, Duration::ZERO)
+    };
+    let consumer = join().await.context("start the consumer")?;
     let bus = Arc::new(rig.connect("reliability-network", |c| c).await?);
     let tasks = spawn_publishers(&bus, &topic, &ledger, (publishers, each), pace, SETTLE);
 
@@ -79,16 +74,9 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
         // The broker has them: a consumer leaving makes pulsar-lite dispatch again and take
         // back what it had out, and a new member's permits make it dispatch once more.
         let missing = ledger.counts().lost;
-        let again = receive(
-            &consumers,
-            &topic,
-            "network-readers",
-            &ledger,
-            |_| {},
-            Duration::ZERO,
-        )
-        .await
-        .context("start another consumer in the group")?;
+        let again = join()
+            .await
+            .context("start another consumer in the group")?;
         caught_up = wait_until(SETTLE, || ledger.complete()).await;
         ended = again.shutdown().await;
         came_on_rejoin = Some(missing - ledger.counts().lost);
