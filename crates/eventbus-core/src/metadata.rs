@@ -82,12 +82,21 @@ impl EventMetadata {
 
     /// The time as Python's `datetime.isoformat()` writes it: microseconds and `+00:00`.
     pub fn time_string(&self) -> String {
+        match self.time_ascii() {
+            Some(ascii) => String::from_utf8_lossy(&ascii).into_owned(),
+            None => self.time.to_rfc3339_opts(SecondsFormat::Micros, false),
+        }
+    }
+
+    /// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
+    /// years of other widths and leap seconds, which go through chrono.
+    fn time_ascii(&self) -> Option<[u8; 32]> {
         let t = &self.time;
         let micros = t.timestamp_subsec_micros();
         // chrono's formatter costs as much as the rest of the metadata; this is the same text
-        // written digit by digit. Years of other widths and leap seconds go through chrono.
+        // written digit by digit.
         if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
-            return t.to_rfc3339_opts(SecondsFormat::Micros, false);
+            return None;
         }
         let mut out = *b"0000-00-00T00:00:00.000000+00:00";
         digits(&mut out[0..4], t.year().unsigned_abs());
@@ -97,7 +106,7 @@ impl EventMetadata {
         digits(&mut out[14..16], t.minute());
         digits(&mut out[17..19], t.second());
         digits(&mut out[20..26], micros);
-        out.iter().map(|&b| char::from(b)).collect()
+        Some(out)
     }
 
     /// Writes the attributes into `headers`, replacing earlier values.
@@ -105,17 +114,36 @@ impl EventMetadata {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = self.id.hyphenated().encode_lower(&mut id);
         let content_type = copied(&self.content_type);
-        headers.insert_static(header::ID, copied(id));
-        headers.insert_static(header::TYPE, copied(&self.event_type));
-        headers.insert_static(header::SOURCE, copied(&self.source));
-        headers.insert_static(header::SPEC_VERSION, copied(&self.spec_version));
-        headers.insert_static(header::TIME, self.time_string());
-        headers.insert_static(header::MINOR_VERSION, self.minor_version.to_string());
-        headers.insert_static(header::SOURCE_HOST, copied(&self.source_host));
-        headers.insert_static(header::SOURCE_LIB, copied(&self.source_lib));
+        let time = match self.time_ascii() {
+            Some(ascii) => Bytes::copy_from_slice(&ascii),
+            None => self.time_string().into(),
+        };
+        // Minor versions are small; their text is a static string, not a formatted one.
+        const DIGITS: &str = "0123456789";
+        let minor = match usize::try_from(self.minor_version) {
+            Ok(v) if v < 10 => Bytes::from_static(DIGITS[v..=v].as_bytes()),
+            _ => self.minor_version.to_string().into(),
+        };
+        // Into empty headers (the producer's case) without looking for values to replace.
+        let fresh = headers.is_empty();
+        let mut put = |name: &'static str, value: Bytes| {
+            if fresh {
+                headers.push_static(name, value);
+            } else {
+                headers.insert_static(name, value);
+            }
+        };
+        put(header::ID, copied(id));
+        put(header::TYPE, copied(&self.event_type));
+        put(header::SOURCE, copied(&self.source));
+        put(header::SPEC_VERSION, copied(&self.spec_version));
+        put(header::TIME, time);
+        put(header::MINOR_VERSION, minor);
+        put(header::SOURCE_HOST, copied(&self.source_host));
+        put(header::SOURCE_LIB, copied(&self.source_lib));
         // Two headers, one buffer.
-        headers.insert_static(header::CONTENT_TYPE, content_type.clone());
-        headers.insert_static(header::DATA_CONTENT_TYPE, content_type);
+        put(header::CONTENT_TYPE, content_type.clone());
+        put(header::DATA_CONTENT_TYPE, content_type);
     }
 
     /// Reads the attributes back. A message without `ce_id`, with zero or several `ce_type`, or
@@ -236,6 +264,35 @@ mod tests {
         assert_eq!(back.id, meta.id);
         assert_eq!(back.minor_version, 2);
         assert_eq!(back.source_lib, SOURCE_LIB);
+    }
+
+    #[test]
+    fn headers_written_over_others_replace_them() {
+        for minor in [0, 7, 12, 300] {
+            let meta = EventMetadata::new("org.example.a.v1", minor, "svc", "host");
+            let mut fresh = Headers::new();
+            meta.write_headers(&mut fresh);
+            let mut used = Headers::new();
+            used.insert("ce_minorversion", "99");
+            used.insert("x-other", "kept");
+            meta.write_headers(&mut used);
+            assert_eq!(
+                fresh.get("ce_minorversion"),
+                Some(minor.to_string().as_str())
+            );
+            assert_eq!(used.get_all("ce_minorversion").count(), 1);
+            assert_eq!(used.get("x-other"), Some("kept"));
+            for (name, value) in fresh.iter() {
+                assert_eq!(
+                    used.get_all(name).collect::<Vec<_>>(),
+                    vec![value],
+                    "{name}"
+                );
+            }
+            assert_eq!(fresh.get("ce_time"), Some(meta.time_string().as_str()));
+            let read = EventMetadata::from_headers(&fresh).expect("readable");
+            assert_eq!((read.id, read.minor_version), (meta.id, minor));
+        }
     }
 
     #[test]

@@ -104,6 +104,11 @@ impl Headers {
         self.0.push((Cow::Borrowed(name), value.into()));
     }
 
+    /// Adds a value of a name known at compile time, keeping earlier ones; the value is moved in.
+    pub(crate) fn push_static(&mut self, name: &'static str, value: Bytes) {
+        self.0.push((Cow::Borrowed(name), value));
+    }
+
     /// Adds a value of `name`, keeping earlier ones.
     pub fn append(&mut self, name: impl AsRef<str> + Into<String>, value: impl AsRef<[u8]>) {
         self.0

@@ -113,7 +113,10 @@ impl TraceContext {
 
     /// Writes `traceparent` (and `tracestate` when there is one) into `headers`.
     pub fn write_headers(&self, headers: &mut Headers) {
-        headers.insert_static(TRACEPARENT, self.traceparent());
+        headers.insert_static(
+            TRACEPARENT,
+            bytes::Bytes::copy_from_slice(&self.traceparent_ascii()),
+        );
         match &self.state {
             Some(state) => headers.insert_static(TRACESTATE, state.clone()),
             None => headers.remove(TRACESTATE),
@@ -122,13 +125,17 @@ impl TraceContext {
 
     /// The `traceparent` value.
     pub fn traceparent(&self) -> String {
-        // `00-` 32 hex `-` 16 hex `-` 2 hex: written into a fixed buffer, one allocation.
+        String::from_utf8_lossy(&self.traceparent_ascii()).into_owned()
+    }
+
+    /// `00-` 32 hex `-` 16 hex `-` 2 hex, written into a fixed buffer.
+    fn traceparent_ascii(&self) -> [u8; 55] {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
         hex_into(&self.trace_id, &mut out[3..35]);
         hex_into(&self.span_id, &mut out[36..52]);
         hex_into(&[self.flags], &mut out[53..55]);
-        out.iter().map(|&b| char::from(b)).collect()
+        out
     }
 
     /// The trace id, 32 lower-case hex digits.
@@ -187,7 +194,8 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];
     hex_into(bytes, &mut out);
-    out.into_iter().map(char::from).collect()
+    // Hex digits are ASCII: no replacement ever happens, and the buffer is reused.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn hex_byte(s: &str) -> Option<u8> {
