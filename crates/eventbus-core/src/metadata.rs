@@ -119,9 +119,9 @@ impl EventMetadata {
             None => self.time_string().into(),
         };
         // Minor versions are small; their text is a static string, not a formatted one.
-        const DIGITS: &str = "0123456789";
+        const DIGITS: &[u8] = b"0123456789";
         let minor = match usize::try_from(self.minor_version) {
-            Ok(v) if v < 10 => Bytes::from_static(DIGITS[v..=v].as_bytes()),
+            Ok(v) if v < 10 => Bytes::from_static(&DIGITS[v..=v]),
             _ => self.minor_version.to_string().into(),
         };
         // Into empty headers (the producer's case) without looking for values to replace.
