@@ -180,8 +180,7 @@ impl Worker {
     /// Commits what was acknowledged and leaves the group, off the async threads.
     async fn close(self) {
         {
-            let mut locked = self.shared.lock();
-            let partitions = &mut locked.partitions;
+            let mut partitions = self.shared.lock();
             partitions.closed = true;
             // Partition queues hold the consumer; they go first, so it is dropped below.
             partitions.queues.clear();
@@ -241,29 +240,28 @@ fn reassigned(partition: &Partition, offset: i64) -> Error {
 }
 
 impl Shared {
-    fn lock(&self) -> Locked<'_> {
+    fn lock(&self) -> MutexGuard<'_, Partitions> {
         let mut partitions = self
             .partitions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         partitions.follow_rebalances(&self.consumer);
-        Locked { partitions }
+        partitions
     }
 
     /// Takes the messages of partitions with a queue of their own, as far as their windows
     /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
     /// queue is full, so memory stays bounded without a pause. Returns a partition's error.
     fn serve_partitions(&self, failures: &mut u32) -> Option<KafkaError> {
-        let mut locked = self.lock();
-        let partitions: Vec<Partition> = locked.partitions.queues.keys().cloned().collect();
-        for partition in partitions {
+        let mut partitions = self.lock();
+        let queued: Vec<Partition> = partitions.queues.keys().cloned().collect();
+        for partition in queued {
             loop {
-                let full = locked
-                    .partitions
+                let full = partitions
                     .states
                     .get(&partition)
                     .is_some_and(|s| !s.window.has_room());
-                let Some(queue) = locked.partitions.queues.get(&partition).filter(|_| !full) else {
+                let Some(queue) = partitions.queues.get(&partition).filter(|_| !full) else {
                     break;
                 };
                 let received = match queue.poll(Duration::ZERO) {
@@ -275,7 +273,7 @@ impl Shared {
                     }
                 };
                 *failures = 0;
-                locked.take(self, received);
+                partitions.take(self, received);
             }
         }
         None
@@ -283,13 +281,12 @@ impl Shared {
 
     /// Stores the offset an acknowledgement makes committable and hands out what it unblocks.
     fn acknowledge(&self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
-        let mut locked = self.lock();
-        if locked.partitions.closed {
+        let mut partitions = self.lock();
+        if partitions.closed {
             return Err(gone());
         }
-        let has_queue = locked.partitions.queues.contains_key(partition);
-        let state = locked
-            .partitions
+        let has_queue = partitions.queues.contains_key(partition);
+        let state = partitions
             .states
             .get_mut(partition)
             .filter(|s| s.epoch == epoch)
@@ -326,9 +323,8 @@ impl Shared {
 
     /// A nacked message's delay is over: hands it out again, its key still held.
     fn redeliver(&self, partition: &Partition, epoch: u64, offset: i64) {
-        let mut locked = self.lock();
-        let Some(state) = locked
-            .partitions
+        let mut partitions = self.lock();
+        let Some(state) = partitions
             .states
             .get_mut(partition)
             .filter(|s| s.epoch == epoch)
@@ -377,11 +373,6 @@ impl Shared {
     }
 }
 
-/// The partitions, locked.
-struct Locked<'a> {
-    partitions: MutexGuard<'a, Partitions>,
-}
-
 impl Partitions {
     /// Forgets revoked partitions and takes the queues of assigned ones, in that order: an
     /// eager rebalance revokes a partition, then assigns it again with a new queue, which must
@@ -398,7 +389,7 @@ impl Partitions {
     }
 }
 
-impl Locked<'_> {
+impl Partitions {
     /// A message from the broker: out at once if its key is free, else in line.
     fn take(&mut self, shared: &Shared, Received { partition, held }: Received) {
         tracing::trace!(?partition, offset = held.offset, "received");
@@ -413,20 +404,16 @@ impl Locked<'_> {
             }
             return;
         }
-        let has_queue = self.partitions.queues.contains_key(&partition);
-        let partitions = &mut *self.partitions;
-        let next_epoch = &mut partitions.next_epoch;
-        let state = partitions
-            .states
-            .entry(partition.clone())
-            .or_insert_with(|| {
-                *next_epoch += 1;
-                PartitionState {
-                    epoch: *next_epoch,
-                    window: PartitionWindow::new(shared.buffer),
-                    paused: false,
-                }
-            });
+        let has_queue = self.queues.contains_key(&partition);
+        let next_epoch = &mut self.next_epoch;
+        let state = self.states.entry(partition.clone()).or_insert_with(|| {
+            *next_epoch += 1;
+            PartitionState {
+                epoch: *next_epoch,
+                window: PartitionWindow::new(shared.buffer),
+                paused: false,
+            }
+        });
         let key = held.message.key.clone();
         state.window.push(held.offset, key.as_deref(), held);
         shared.release(&partition, state);
