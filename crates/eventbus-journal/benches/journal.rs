@@ -10,7 +10,7 @@
 //! Two measurements per variant and round:
 //!
 //! - **paced**: `EVENTBUS_BENCH_RATE` events per second (default 10000), published in batches of
-//!   100 paced by the clock for `EVENTBUS_BENCH_SECONDS` (default 5). The figure is the process
+//!   100 paced by the clock for `EVENTBUS_BENCH_SECONDS` (default 20, long enough that a journal slower than the events fills its queue and drops rows). The figure is the process
 //!   CPU time (utime + stime from `/proc/self/stat`) per event, from the first publish until
 //!   every event is handled and the journal has flushed its rows, so the writer's work is in it.
 //!   For PostgreSQL the server's own CPU time (the postmaster and its children) is counted apart.
@@ -201,6 +201,8 @@ struct Phase {
     written: f64,
     /// PostgreSQL server CPU seconds per event.
     server_cpu: f64,
+    /// Publish (the event's CloudEvents time) to the receiver, median and 99th percentile.
+    latency: (Duration, Duration),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -230,6 +232,9 @@ async fn phase(
     let done = Arc::new(Notify::new());
     let target = WARMUP + n;
     let (count, finished) = (seen.clone(), done.clone());
+    // Microseconds from each timed event's publish to its receiver.
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let measured = latencies.clone();
     let mut consumer = bus
         .consumer(topic, "bench")
         .start_at(StartPosition::Earliest);
@@ -239,7 +244,14 @@ async fn phase(
     let consumer = consumer
         .handle(move |e: Envelope<OrderPlaced>| {
             std::hint::black_box(e.event());
-            if count.fetch_add(1, Ordering::Relaxed) + 1 == target {
+            let at = count.fetch_add(1, Ordering::Relaxed) + 1;
+            if at > WARMUP {
+                let waited = (chrono::Utc::now() - e.metadata().time).num_microseconds();
+                if let Ok(mut all) = measured.lock() {
+                    all.push(waited.unwrap_or(i64::MAX));
+                }
+            }
+            if at == target {
                 finished.notify_one();
             }
             async { Ok::<_, Infallible>(()) }
@@ -311,7 +323,17 @@ async fn phase(
     };
     consumer.shutdown().await.expect("shutdown");
     let lag = handled_in.saturating_sub(published_in);
+    let latency = {
+        let mut all = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        all.sort_unstable();
+        let at = |q: f64| {
+            let i = ((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1));
+            Duration::from_micros(all.get(i).map_or(0, |&v| u64::try_from(v).unwrap_or(0)))
+        };
+        (at(0.5), at(0.99))
+    };
     Phase {
+        latency,
         handled_rate: rate(handled, handled_in),
         lag,
         kept_up: all && lag <= DRAIN,
@@ -423,11 +445,19 @@ fn us(seconds: f64) -> f64 {
     seconds * 1e6
 }
 
+fn millis((p50, p99): (Duration, Duration)) -> String {
+    format!(
+        "{:.2} / {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let rounds = env_or("EVENTBUS_BENCH_ROUNDS", 3).max(1);
     let per_second = env_or("EVENTBUS_BENCH_RATE", 10_000).max(BATCH) as f64;
-    let seconds = env_or("EVENTBUS_BENCH_SECONDS", 5).max(1);
+    let seconds = env_or("EVENTBUS_BENCH_SECONDS", 20).max(1);
     let max_n = env_or("EVENTBUS_BENCH_MESSAGES", 50_000).max(BATCH);
     let wanted =
         std::env::var("EVENTBUS_BENCH_VARIANTS").unwrap_or_else(|_| "none,sqlite,postgres".into());
@@ -483,9 +513,9 @@ async fn main() {
         max.len()
     );
     println!(
-        "| round | variant | CPU µs/event at {per_second:.0}/s (of it kernel) | + server | handled/s | lag | kept up | journal: flush after, rows/s written, lost | max events/s | CPU µs/event at max | max: journal flush after, rows/s written, lost | rows / expected | dropped, failed |"
+        "| round | variant | CPU µs/event at {per_second:.0}/s (of it kernel) | + server | handled/s | latency p50 / p99 | lag | kept up | journal: flush after, rows/s written, lost | max events/s | CPU µs/event at max | max: journal flush after, rows/s written, lost | rows / expected | dropped, failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
         for k in 0..variants.len() {
@@ -515,7 +545,7 @@ async fn main() {
                 }
             };
             println!(
-                "| {round} | {} | {:.1} ({:.1}) | {} | {:.0} | {:.0} ms | {} | {} | {:.0} | {:.1} | {} | {} | {} |",
+                "| {round} | {} | {:.1} ({:.1}) | {} | {:.0} | {} | {:.0} ms | {} | {} | {:.0} | {:.1} | {} | {} | {} |",
                 variant.name(),
                 us(r.paced.cpu),
                 us(r.paced.sys),
@@ -525,6 +555,7 @@ async fn main() {
                     "–".into()
                 },
                 r.paced.handled_rate,
+                millis(r.paced.latency),
                 r.paced.lag.as_secs_f64() * 1e3,
                 if r.paced.kept_up { "yes" } else { "no" },
                 flush(&r.paced),
@@ -557,11 +588,12 @@ async fn main() {
     println!();
     println!("medians of {rounds} rounds");
     println!(
-        "| variant | CPU µs/event at {per_second:.0}/s | / none (goal ≤ 1.15) | + PostgreSQL server | kept up | journal caught up after (paced) | max events/s | / none | journal caught up after (max) | rows written of expected; lost paced + max (all rounds) |"
+        "| variant | handled/s at {per_second:.0}/s | / none (goal ≥ 0.85) | latency p50 / p99 | CPU µs/event at {per_second:.0}/s | / none | + PostgreSQL server | kept up | journal caught up after (paced) | max events/s | / none | journal caught up after (max) | rows written of expected; lost paced + max (all rounds) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, variant) in variants.iter().enumerate() {
         let cpu_paced = pick(i, &|r| r.paced.cpu);
+        let handled = pick(i, &|r| r.paced.handled_rate);
         let max_rate = pick(i, &|r| r.max.handled_rate);
         let ratio = |value: f64, of: &dyn Fn(&Run) -> f64| match base {
             Some(b) if b != i => format!("{:.2}", value / pick(b, of)),
@@ -579,8 +611,14 @@ async fn main() {
                 )
             });
         println!(
-            "| {} | {:.1} | {} | {} | {kept} of {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {:.1} | {} | {} | {kept} of {} | {} | {:.0} | {} | {} | {} |",
             variant.label(),
+            handled,
+            ratio(handled, &|r| r.paced.handled_rate),
+            millis((
+                Duration::from_secs_f64(pick(i, &|r| r.paced.latency.0.as_secs_f64())),
+                Duration::from_secs_f64(pick(i, &|r| r.paced.latency.1.as_secs_f64())),
+            )),
             us(cpu_paced),
             ratio(cpu_paced, &|r| r.paced.cpu),
             if *variant == Variant::Postgres {

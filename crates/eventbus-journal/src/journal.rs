@@ -39,7 +39,7 @@ impl Default for JournalSettings {
     fn default() -> Self {
         Self {
             payload_max_bytes: 64 * 1024,
-            batch_size: 256,
+            batch_size: 1024,
             linger: Duration::from_millis(50),
             queue: 50_000,
             max_age: Some(Duration::from_secs(7 * 24 * 3600)),

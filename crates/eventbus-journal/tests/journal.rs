@@ -320,3 +320,85 @@ async fn a_journal_outage_loses_no_event() {
         "one produce and one consume row per event, each counted as lost"
     );
 }
+
+/// More rows than one multi-row statement holds (the writer binds 32 rows per statement and
+/// the rest one by one): every row reads back with its own values, none shifted into another.
+async fn many_rows_read_back_row_for_row(url: &str, name: &str) {
+    let journal = Journal::connect(url, JournalSettings::default())
+        .await
+        .expect("journal");
+    let bus = bus(name).await.producer_layer(journal.publish_layer());
+    let handled = Arc::new(AtomicU32::new(0));
+    let seen = handled.clone();
+    let consumer = journal
+        .attach(bus.consumer("invoices", "ledger"))
+        .handle(move |_: Envelope<InvoiceIssued>| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("consumer");
+    let invoices: Vec<InvoiceIssued> = (0..100)
+        .map(|i| InvoiceIssued {
+            invoice_id: 1_000 + i,
+            amount_cents: 7 * i,
+        })
+        .collect();
+    bus.producer()
+        .send_batch("invoices", &invoices)
+        .await
+        .expect("send_batch");
+    until("every event handled", async || {
+        handled.load(Ordering::Relaxed) == 100
+    })
+    .await;
+    consumer.shutdown().await.expect("shutdown");
+    journal.flush().await;
+    assert_eq!(journal.losses(), (0, 0));
+
+    let rows = journal
+        .events(&Filter::new().limit(1_000))
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 200, "a produce and a consume row per event");
+    for row in &rows {
+        assert_eq!(row.headers.get("ce_id"), Some(row.event_id.as_str()));
+        let key: i64 = row
+            .key
+            .as_deref()
+            .and_then(|k| k.parse().ok())
+            .expect("a numeric key");
+        assert!((1_000..1_100).contains(&key), "{row:?}");
+        let status = match row.side {
+            Side::Produce => Status::Published,
+            Side::Consume => Status::Handled,
+        };
+        assert_eq!(row.status, status);
+        let twin = rows
+            .iter()
+            .find(|other| other.event_id == row.event_id && other.side != row.side)
+            .expect("the other side's row");
+        assert_eq!(twin.key, row.key);
+        assert_eq!(twin.payload, row.payload);
+        assert_eq!(twin.payload_size, row.payload_size);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_many_rows_read_back_row_for_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("journal.db").display());
+    many_rows_read_back_row_for_row(&url, "journal-sqlite-many").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_many_rows_read_back_row_for_row() {
+    let server = PostgresProcess::start()
+        .await
+        .expect("start PostgreSQL (apt-get install postgresql)");
+    many_rows_read_back_row_for_row(&server.url(), "journal-postgres-many").await;
+}
