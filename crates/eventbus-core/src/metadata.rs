@@ -82,68 +82,29 @@ impl EventMetadata {
 
     /// The time as Python's `datetime.isoformat()` writes it: microseconds and `+00:00`.
     pub fn time_string(&self) -> String {
-        match self.time_ascii() {
+        match time_ascii(&self.time) {
             Some(ascii) => String::from_utf8_lossy(&ascii).into_owned(),
             None => self.time.to_rfc3339_opts(SecondsFormat::Micros, false),
         }
     }
 
-    /// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
-    /// years of other widths and leap seconds, which go through chrono.
-    fn time_ascii(&self) -> Option<[u8; 32]> {
-        let t = &self.time;
-        let micros = t.timestamp_subsec_micros();
-        // chrono's formatter costs as much as the rest of the metadata; this is the same text
-        // written digit by digit.
-        if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
-            return None;
-        }
-        let mut out = *b"0000-00-00T00:00:00.000000+00:00";
-        digits(&mut out[0..4], t.year().unsigned_abs());
-        digits(&mut out[5..7], t.month());
-        digits(&mut out[8..10], t.day());
-        digits(&mut out[11..13], t.hour());
-        digits(&mut out[14..16], t.minute());
-        digits(&mut out[17..19], t.second());
-        digits(&mut out[20..26], micros);
-        Some(out)
-    }
-
     /// Writes the attributes into `headers`, replacing earlier values.
     pub fn write_headers(&self, headers: &mut Headers) {
-        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = self.id.hyphenated().encode_lower(&mut id);
-        let content_type = copied(&self.content_type);
-        let time = match self.time_ascii() {
-            Some(ascii) => Bytes::copy_from_slice(&ascii),
-            None => self.time_string().into(),
-        };
-        // Minor versions are small; their text is a static string, not a formatted one.
-        const DIGITS: &[u8] = b"0123456789";
-        let minor = match usize::try_from(self.minor_version) {
-            Ok(v) if v < 10 => Bytes::from_static(&DIGITS[v..=v]),
-            _ => self.minor_version.to_string().into(),
-        };
-        // Into empty headers (the producer's case) without looking for values to replace.
-        let fresh = headers.is_empty();
-        let mut put = |name: &'static str, value: Bytes| {
-            if fresh {
-                headers.push_static(name, value);
-            } else {
-                headers.insert_static(name, value);
-            }
-        };
-        put(header::ID, copied(id));
-        put(header::TYPE, copied(&self.event_type));
-        put(header::SOURCE, copied(&self.source));
-        put(header::SPEC_VERSION, copied(&self.spec_version));
-        put(header::TIME, time);
-        put(header::MINOR_VERSION, minor);
-        put(header::SOURCE_HOST, copied(&self.source_host));
-        put(header::SOURCE_LIB, copied(&self.source_lib));
-        // Two headers, one buffer.
-        put(header::CONTENT_TYPE, content_type.clone());
-        put(header::DATA_CONTENT_TYPE, content_type);
+        self.attributes().write_headers(headers);
+    }
+
+    fn attributes(&self) -> Attributes<'_> {
+        Attributes {
+            id: self.id,
+            event_type: &self.event_type,
+            minor_version: self.minor_version,
+            source: &self.source,
+            source_host: &self.source_host,
+            source_lib: &self.source_lib,
+            time: self.time,
+            spec_version: &self.spec_version,
+            content_type: &self.content_type,
+        }
     }
 
     /// Reads the attributes back. A message without `ce_id`, with zero or several `ce_type`, or
@@ -236,15 +197,132 @@ pub fn host_name() -> String {
 }
 
 /// Writes `value` as decimal digits filling `out`, zero-padded.
+/// The attributes of one event, borrowed: what the producer writes into a new event's headers
+/// straight from its settings, without owning them in an [`EventMetadata`] first.
+pub(crate) struct Attributes<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) event_type: &'a str,
+    pub(crate) minor_version: u32,
+    pub(crate) source: &'a str,
+    pub(crate) source_host: &'a str,
+    pub(crate) source_lib: &'a str,
+    pub(crate) time: DateTime<Utc>,
+    pub(crate) spec_version: &'a str,
+    pub(crate) content_type: &'a str,
+}
+
+impl<'a> Attributes<'a> {
+    /// A new event's: a fresh id, now, this library's version.
+    pub(crate) fn fresh(
+        event_type: &'a str,
+        minor_version: u32,
+        source: &'a str,
+        source_host: &'a str,
+        content_type: &'a str,
+    ) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_type,
+            minor_version,
+            source,
+            source_host,
+            source_lib: SOURCE_LIB,
+            time: Utc::now(),
+            spec_version: "1.0",
+            content_type,
+        }
+    }
+
+    /// Writes them into `headers`, replacing earlier values.
+    pub(crate) fn write_headers(&self, headers: &mut Headers) {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = self.id.hyphenated().encode_lower(&mut id);
+        let ascii = time_ascii(&self.time);
+        let formatted;
+        let time: &[u8] = match &ascii {
+            Some(ascii) => ascii,
+            None => {
+                formatted = self.time.to_rfc3339_opts(SecondsFormat::Micros, false);
+                formatted.as_bytes()
+            }
+        };
+        let minor_text;
+        let minor: &[u8] = match self.minor_version {
+            v @ 0..=9 => std::slice::from_ref(&DIGITS[v as usize]),
+            v => {
+                minor_text = v.to_string();
+                minor_text.as_bytes()
+            }
+        };
+        // Every value goes into one buffer and each header holds a slice of it: one allocation
+        // per event instead of one per header.
+        let values: [(&'static str, &[u8]); 9] = [
+            (header::ID, id.as_bytes()),
+            (header::TYPE, self.event_type.as_bytes()),
+            (header::SOURCE, self.source.as_bytes()),
+            (header::SPEC_VERSION, self.spec_version.as_bytes()),
+            (header::TIME, time),
+            (header::MINOR_VERSION, minor),
+            (header::SOURCE_HOST, self.source_host.as_bytes()),
+            (header::SOURCE_LIB, self.source_lib.as_bytes()),
+            (header::CONTENT_TYPE, self.content_type.as_bytes()),
+        ];
+        let mut buffer = Vec::with_capacity(values.iter().map(|(_, v)| v.len()).sum());
+        for (_, value) in &values {
+            buffer.extend_from_slice(value);
+        }
+        let buffer = Bytes::from(buffer);
+        // Into empty headers (the producer's case) without looking for values to replace.
+        let fresh = headers.is_empty();
+        let mut put = |name: &'static str, value: Bytes| {
+            if fresh {
+                headers.push_static(name, value);
+            } else {
+                headers.insert_static(name, value);
+            }
+        };
+        let mut at = 0;
+        let mut content_type = Bytes::new();
+        for (name, value) in values {
+            let slice = buffer.slice(at..at + value.len());
+            at += value.len();
+            if name == header::CONTENT_TYPE {
+                content_type = slice.clone();
+            }
+            put(name, slice);
+        }
+        put(header::DATA_CONTENT_TYPE, content_type);
+    }
+}
+
+/// `0`–`9`: small minor versions are a slice of this, not formatted text.
+const DIGITS: &[u8; 10] = b"0123456789";
+
+/// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
+/// years of other widths and leap seconds, which go through chrono.
+fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; 32]> {
+    let micros = t.timestamp_subsec_micros();
+    // chrono's formatter costs as much as the rest of the metadata; this is the same text
+    // written digit by digit.
+    if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00.000000+00:00";
+    digits(&mut out[0..4], t.year().unsigned_abs());
+    digits(&mut out[5..7], t.month());
+    digits(&mut out[8..10], t.day());
+    digits(&mut out[11..13], t.hour());
+    digits(&mut out[14..16], t.minute());
+    digits(&mut out[17..19], t.second());
+    digits(&mut out[20..26], micros);
+    Some(out)
+}
+
 fn digits(out: &mut [u8], mut value: u32) {
     for slot in out.iter_mut().rev() {
         *slot = b'0' + (value % 10) as u8;
         value /= 10;
     }
-}
-
-fn copied(text: &str) -> Bytes {
-    Bytes::copy_from_slice(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -264,6 +342,47 @@ mod tests {
         assert_eq!(back.id, meta.id);
         assert_eq!(back.minor_version, 2);
         assert_eq!(back.source_lib, SOURCE_LIB);
+    }
+
+    #[test]
+    fn a_new_events_headers_are_those_of_its_metadata() {
+        for minor in [0, 9, 10, 4_000_000_000] {
+            let fresh = Attributes::fresh(
+                "org.example.a.v1",
+                minor,
+                "openedx/svc/web",
+                "host-1",
+                "application/avro",
+            );
+            let mut written = Headers::new();
+            fresh.write_headers(&mut written);
+            let mut meta =
+                EventMetadata::new("org.example.a.v1", minor, "openedx/svc/web", "host-1");
+            meta.id = fresh.id;
+            meta.time = fresh.time;
+            meta.content_type = "application/avro".into();
+            let mut expected = Headers::new();
+            for (name, value) in [
+                (header::ID, meta.id.to_string()),
+                (header::TYPE, meta.event_type.clone()),
+                (header::SOURCE, meta.source.clone()),
+                (header::SPEC_VERSION, "1.0".into()),
+                (header::TIME, meta.time_string()),
+                (header::MINOR_VERSION, minor.to_string()),
+                (header::SOURCE_HOST, "host-1".into()),
+                (header::SOURCE_LIB, SOURCE_LIB.into()),
+                (header::CONTENT_TYPE, "application/avro".into()),
+                (header::DATA_CONTENT_TYPE, "application/avro".into()),
+            ] {
+                expected.append(name, value);
+            }
+            assert_eq!(written, expected, "minor version {minor}");
+            let back = EventMetadata::from_headers(&written).unwrap();
+            assert_eq!(
+                (back.id, back.minor_version, back.time.timestamp_micros()),
+                (meta.id, minor, meta.time.timestamp_micros())
+            );
+        }
     }
 
     #[test]

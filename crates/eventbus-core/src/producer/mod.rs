@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
-use crate::metadata::{source_for_service, EventMetadata};
+use crate::metadata::{source_for_service, Attributes, EventMetadata};
 use crate::schema_registry::SchemaIds;
 use crate::serializer::{encode_event, KeyContext, Serializer};
 use crate::transport::{Headers, Message, Position, Publisher};
@@ -219,16 +219,26 @@ impl Producer {
         metadata: &EventMetadata,
         key: Option<Bytes>,
     ) -> Result<Message> {
+        let mut message = self.encode_payload(full_topic, event, key)?;
+        metadata.write_headers(&mut message.headers);
+        Ok(message)
+    }
+
+    /// The message without its headers yet, with room for them.
+    fn encode_payload<E: Event>(
+        &self,
+        full_topic: &str,
+        event: &E,
+        key: Option<Bytes>,
+    ) -> Result<Message> {
         let payload = encode_event(self.serializer.as_ref(), full_topic, event)
             .map_err(|e| e.with("topic", full_topic))?;
-        let mut message = Message {
+        Ok(Message {
             key,
             payload: payload.into(),
             // The CloudEvents attributes, `traceparent` and `tracestate`.
             headers: Headers::with_capacity(12),
-        };
-        metadata.write_headers(&mut message.headers);
-        Ok(message)
+        })
     }
 
     /// The wire form of the key whose text is `key`, taken from the field at `key_field` of `E`
@@ -265,11 +275,20 @@ impl Producer {
         self.encode(full_topic, event, metadata, key)
     }
 
-    /// A new event keyed by its own key field.
+    /// A new event keyed by its own key field. Its attributes go from the settings into the
+    /// headers: an [`EventMetadata`] would first copy each into a `String` of its own.
     fn encode_new<E: Event>(&self, full_topic: &str, event: &E) -> Result<Message> {
-        let key = event.key();
-        let metadata = self.metadata::<E>();
-        self.encode_keyed(full_topic, event, &metadata, key.as_deref(), E::KEY_FIELD)
+        let key = self.encode_key::<E>(full_topic, event.key().as_deref(), E::KEY_FIELD)?;
+        let mut message = self.encode_payload(full_topic, event, key)?;
+        Attributes::fresh(
+            E::EVENT_TYPE,
+            E::MINOR_VERSION,
+            &self.settings.source,
+            &self.settings.source_host,
+            self.serializer.content_type(),
+        )
+        .write_headers(&mut message.headers);
+        Ok(message)
     }
 
     /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
