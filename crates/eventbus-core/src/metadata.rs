@@ -282,16 +282,16 @@ impl<'a> Attributes<'a> {
             }
         };
         let mut at = 0;
-        let mut content_type = Bytes::new();
         for (name, value) in values {
-            let slice = buffer.slice(at..at + value.len());
+            put(name, buffer.slice(at..at + value.len()));
             at += value.len();
-            if name == header::CONTENT_TYPE {
-                content_type = slice.clone();
-            }
-            put(name, slice);
         }
-        put(header::DATA_CONTENT_TYPE, content_type);
+        // The content type, the last value, once more under its CloudEvents name.
+        let content_type = self.content_type.len();
+        put(
+            header::DATA_CONTENT_TYPE,
+            buffer.slice(at - content_type..at),
+        );
     }
 }
 
