@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventbus::{Bus, BusConfig, Envelope, Event};
+use eventbus::{Bus, BusConfig, ConsumerHandle, Envelope, Event};
 use eventbus_journal::{EventId, Filter, Journal, JournalSettings, Side, Status};
 use eventbus_testkit::postgres::PostgresProcess;
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,25 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A journalled consumer of `invoices` in group `ledger` that counts what it handles.
+async fn counting_consumer(journal: &Journal, bus: &Bus) -> (ConsumerHandle, Arc<AtomicU32>) {
+    let handled = Arc::new(AtomicU32::new(0));
+    let seen = handled.clone();
+    let consumer = journal
+        .attach(bus.consumer("invoices", "ledger"))
+        .handle(move |_: Envelope<InvoiceIssued>| {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .expect("consumer");
+    (consumer, handled)
 }
 
 /// Produce → handle, and produce → retry → dead-letter, as rows.
@@ -281,20 +300,7 @@ async fn a_journal_outage_loses_no_event() {
     let bus = bus("journal-outage")
         .await
         .producer_layer(journal.publish_layer());
-    let handled = Arc::new(AtomicU32::new(0));
-    let seen = handled.clone();
-    let consumer = journal
-        .attach(bus.consumer("invoices", "ledger"))
-        .handle(move |_: Envelope<InvoiceIssued>| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .expect("consumer");
+    let (consumer, handled) = counting_consumer(&journal, &bus).await;
     for i in 0..200 {
         bus.producer()
             .send(
@@ -328,20 +334,7 @@ async fn many_rows_read_back_row_for_row(url: &str, name: &str) {
         .await
         .expect("journal");
     let bus = bus(name).await.producer_layer(journal.publish_layer());
-    let handled = Arc::new(AtomicU32::new(0));
-    let seen = handled.clone();
-    let consumer = journal
-        .attach(bus.consumer("invoices", "ledger"))
-        .handle(move |_: Envelope<InvoiceIssued>| {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .expect("consumer");
+    let (consumer, handled) = counting_consumer(&journal, &bus).await;
     let invoices: Vec<InvoiceIssued> = (0..100)
         .map(|i| InvoiceIssued {
             invoice_id: 1_000 + i,
