@@ -301,7 +301,10 @@ const DIGITS: &[u8; 10] = b"0123456789";
 /// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
 /// years of other widths and leap seconds, which go through chrono.
 fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; 32]> {
-    let micros = t.timestamp_subsec_micros();
+    // Each field read from a `DateTime` converts it to local time again: read them from the
+    // naive UTC value instead.
+    let t = t.naive_utc();
+    let micros = t.nanosecond() / 1_000;
     // chrono's formatter costs as much as the rest of the metadata; this is the same text
     // written digit by digit.
     if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
