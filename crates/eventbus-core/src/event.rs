@@ -175,15 +175,23 @@ impl<T: EventKey> EventKey for Option<T> {
 /// An event together with its metadata, as receivers get it, and the delivery that brought it
 /// when it came from the bus. Cloning is cheap.
 pub struct Envelope<E> {
-    inner: Arc<(E, EventMetadata)>,
+    event: Arc<E>,
+    /// Shared with the delivery it came in, which parsed it: a copy per envelope was six
+    /// strings.
+    metadata: Arc<EventMetadata>,
     delivery: Option<Arc<DeliveryInfo>>,
 }
 
 impl<E> Envelope<E> {
     /// Wraps an event and its metadata.
     pub fn new(event: E, metadata: EventMetadata) -> Self {
+        Self::shared(event, Arc::new(metadata))
+    }
+
+    pub(crate) fn shared(event: E, metadata: Arc<EventMetadata>) -> Self {
         Self {
-            inner: Arc::new((event, metadata)),
+            event: Arc::new(event),
+            metadata,
             delivery: None,
         }
     }
@@ -201,19 +209,20 @@ impl<E> Envelope<E> {
 
     /// The event.
     pub fn event(&self) -> &E {
-        &self.inner.0
+        &self.event
     }
 
     /// Its CloudEvents metadata.
     pub fn metadata(&self) -> &EventMetadata {
-        &self.inner.1
+        &self.metadata
     }
 }
 
 impl<E> Clone for Envelope<E> {
     fn clone(&self) -> Self {
         Self {
-            inner: Arc::clone(&self.inner),
+            event: Arc::clone(&self.event),
+            metadata: Arc::clone(&self.metadata),
             delivery: self.delivery.clone(),
         }
     }
@@ -222,15 +231,15 @@ impl<E> Clone for Envelope<E> {
 impl<E> std::ops::Deref for Envelope<E> {
     type Target = E;
     fn deref(&self) -> &E {
-        &self.inner.0
+        &self.event
     }
 }
 
 impl<E: fmt::Debug> fmt::Debug for Envelope<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
-            .field("event", &self.inner.0)
-            .field("metadata", &self.inner.1)
+            .field("event", &self.event)
+            .field("metadata", &self.metadata)
             .finish()
     }
 }

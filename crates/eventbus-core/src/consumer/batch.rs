@@ -236,7 +236,7 @@ impl<E: Event> Route for BatchRoute<E> {
     fn prepare(
         &self,
         delivery: &Arc<DeliveryInfo>,
-        metadata: EventMetadata,
+        metadata: Arc<EventMetadata>,
     ) -> Result<Box<dyn Call>> {
         let envelope = decode_envelope::<E>(delivery, metadata)?;
         let (tx, rx) = oneshot::channel();

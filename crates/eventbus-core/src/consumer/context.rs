@@ -26,7 +26,8 @@ pub struct DeliveryInfo {
     group: Arc<str>,
     serializer: Arc<dyn Serializer>,
     // Parsed on first use, once, whoever asks first (a layer or the dispatcher).
-    metadata: OnceLock<Result<EventMetadata>>,
+    /// Shared with the envelopes made from this delivery, not copied into each.
+    metadata: OnceLock<Result<Arc<EventMetadata>>>,
     key_text: OnceLock<Option<String>>,
 }
 
@@ -122,8 +123,27 @@ impl DeliveryInfo {
 
     /// The CloudEvents metadata from the headers, parsed once.
     pub fn metadata(&self) -> std::result::Result<&EventMetadata, &Error> {
+        self.shared_metadata().map(|m| &**m)
+    }
+
+    /// When the event was sent (its `ce_time`): from the metadata when it has been parsed, else
+    /// from that one header, without parsing the rest. `None` without a readable time.
+    pub(crate) fn sent_at(&self) -> Option<DateTime<Utc>> {
+        match self.metadata.get() {
+            Some(parsed) => parsed.as_ref().ok().map(|m| m.time),
+            None => {
+                let text = self.message.headers.get(crate::metadata::header::TIME)?;
+                DateTime::parse_from_rfc3339(text)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+        }
+    }
+
+    /// [`DeliveryInfo::metadata`], as the handle an envelope keeps.
+    pub(crate) fn shared_metadata(&self) -> std::result::Result<&Arc<EventMetadata>, &Error> {
         self.metadata
-            .get_or_init(|| EventMetadata::from_headers(&self.message.headers))
+            .get_or_init(|| EventMetadata::from_headers(&self.message.headers).map(Arc::new))
             .as_ref()
     }
 

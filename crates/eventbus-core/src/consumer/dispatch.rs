@@ -27,7 +27,7 @@ pub(crate) trait Route: Send + Sync {
     fn prepare(
         &self,
         delivery: &Arc<DeliveryInfo>,
-        metadata: EventMetadata,
+        metadata: Arc<EventMetadata>,
     ) -> Result<Box<dyn Call>>;
 
     /// The most events one call of the receiver takes (batch receivers); 1 for the others.
@@ -73,7 +73,7 @@ impl<E: Event> Route for EventRoute<E> {
     fn prepare(
         &self,
         delivery: &Arc<DeliveryInfo>,
-        metadata: EventMetadata,
+        metadata: Arc<EventMetadata>,
     ) -> Result<Box<dyn Call>> {
         Ok(Box::new(EventCall {
             envelope: decode_envelope(delivery, metadata)?,
@@ -85,7 +85,7 @@ impl<E: Event> Route for EventRoute<E> {
 /// The delivery's payload decoded as `E`, in an envelope that carries the delivery.
 pub(crate) fn decode_envelope<E: Event>(
     delivery: &Arc<DeliveryInfo>,
-    metadata: EventMetadata,
+    metadata: Arc<EventMetadata>,
 ) -> Result<Envelope<E>> {
     let event = decode_event::<E>(
         delivery.serializer(),
@@ -93,7 +93,7 @@ pub(crate) fn decode_envelope<E: Event>(
         delivery.payload(),
         Some(metadata.minor_version),
     )?;
-    Ok(Envelope::new(event, metadata).with_delivery(Arc::clone(delivery)))
+    Ok(Envelope::shared(event, metadata).with_delivery(Arc::clone(delivery)))
 }
 
 struct EventCall<E> {
@@ -171,8 +171,8 @@ fn give_up(delivery: &DeliveryInfo, reason: Reason, error: Error) -> Outcome {
 impl Handler for Dispatcher {
     async fn handle(&self, ctx: &mut Context) -> Outcome {
         let delivery = Arc::clone(ctx.delivery());
-        let metadata = match delivery.metadata() {
-            Ok(m) => m.clone(),
+        let metadata = match delivery.shared_metadata() {
+            Ok(m) => Arc::clone(m),
             Err(_) => {
                 // The cached error is shared; parse again for one of our own.
                 let error = EventMetadata::from_headers(delivery.headers())
@@ -197,12 +197,11 @@ impl Handler for Dispatcher {
         if let Err(outcome) = self.learn_schemas(&delivery).await {
             return outcome;
         }
-        let event_type = metadata.event_type.clone();
-        let call = match route.prepare(&delivery, metadata) {
+        let call = match route.prepare(&delivery, Arc::clone(&metadata)) {
             Ok(call) => call,
             Err(e) => return give_up(&delivery, Reason::Undecodable, e),
         };
-        settle_call(call.call(), &delivery, Some(&event_type)).await
+        settle_call(call.call(), &delivery, Some(&metadata.event_type)).await
     }
 }
 

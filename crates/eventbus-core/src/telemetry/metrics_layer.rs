@@ -201,8 +201,9 @@ impl Layer for MetricsLayer {
         match &outcome {
             Outcome::Handled => {
                 h.handled.increment(1);
-                if let Ok(m) = ctx.metadata() {
-                    let age = chrono::Utc::now() - m.time;
+                // A raw receiver's delivery has no parsed metadata: its time alone will do.
+                if let Some(sent) = ctx.delivery().sent_at() {
+                    let age = chrono::Utc::now() - sent;
                     if let Ok(age) = age.to_std() {
                         h.end_to_end.record(age.as_secs_f64());
                     }
