@@ -113,13 +113,19 @@ impl TraceContext {
 
     /// Writes `traceparent` (and `tracestate` when there is one) into `headers`.
     pub fn write_headers(&self, headers: &mut Headers) {
-        headers.insert_static(
-            TRACEPARENT,
-            bytes::Bytes::copy_from_slice(&self.traceparent_ascii()),
-        );
-        match &self.state {
-            Some(state) => headers.insert_static(TRACESTATE, state.clone()),
-            None => headers.remove(TRACESTATE),
+        self.write_headers_to_all(std::iter::once(headers));
+    }
+
+    /// [`TraceContext::write_headers`] for every message of a batch: the value is written
+    /// once and shared.
+    pub(crate) fn write_headers_to_all<'a>(&self, all: impl IntoIterator<Item = &'a mut Headers>) {
+        let traceparent = bytes::Bytes::copy_from_slice(&self.traceparent_ascii());
+        for headers in all {
+            headers.insert_static(TRACEPARENT, traceparent.clone());
+            match &self.state {
+                Some(state) => headers.insert_static(TRACESTATE, state.clone()),
+                None => headers.remove(TRACESTATE),
+            }
         }
     }
 
@@ -229,6 +235,31 @@ fn nonzero_random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_gets_one_context_over_whatever_it_had() {
+        let mut stale = Headers::new();
+        stale.append("ce_id", "1");
+        stale.append(TRACEPARENT, TraceContext::new_root().traceparent());
+        stale.append(TRACESTATE, "old=1");
+        let mut batch = [stale, Headers::new()];
+        for context in [
+            TraceContext::new_root(),
+            TraceContext::new_root().with_state("vendor=7"),
+        ] {
+            context.write_headers_to_all(batch.iter_mut());
+            for headers in &batch {
+                assert_eq!(headers.get_all(TRACEPARENT).count(), 1);
+                assert_eq!(
+                    headers.get(TRACEPARENT),
+                    Some(context.traceparent().as_str())
+                );
+                assert_eq!(headers.get(TRACESTATE), context.state());
+                assert_eq!(TraceContext::from_headers(headers), Some(context.clone()));
+            }
+            assert_eq!(batch[0].get("ce_id"), Some("1"));
+        }
+    }
 
     #[test]
     fn parses_and_writes_the_w3c_example() {

@@ -117,9 +117,7 @@ impl PublishLayer for PublishTracingLayer {
         }
         let own = own_context(&span, parent.as_ref(), Parent::Local);
         record_ids(&span, &own);
-        for message in &mut out.messages {
-            own.write_headers(&mut message.headers);
-        }
+        own.write_headers_to_all(out.messages.iter_mut().map(|m| &mut m.headers));
         let result = next.run(out).instrument(span.clone()).await;
         if let Err(e) = &result {
             span.in_scope(|| tracing::debug!(error = %e, "publish failed"));
