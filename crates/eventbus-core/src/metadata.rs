@@ -196,7 +196,6 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Writes `value` as decimal digits filling `out`, zero-padded.
 /// The attributes of one event, borrowed: what the producer writes into a new event's headers
 /// straight from its settings, without owning them in an [`EventMetadata`] first.
 pub(crate) struct Attributes<'a> {
@@ -321,6 +320,7 @@ fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Writes `value` as decimal digits filling `out`, zero-padded.
 fn digits(out: &mut [u8], mut value: u32) {
     for slot in out.iter_mut().rev() {
         *slot = b'0' + (value % 10) as u8;

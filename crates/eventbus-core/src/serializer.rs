@@ -452,9 +452,7 @@ impl ConfluentAvroSerializer {
             .with("subject", subject)
         })
     }
-}
 
-impl ConfluentAvroSerializer {
     /// The magic byte and the schema id, the datum to follow.
     fn frame_start(&self, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
         let id = self.registered_id(&confluent_subject(ctx.topic, ctx.event_type), ctx.schema)?;
