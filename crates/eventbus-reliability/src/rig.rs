@@ -29,9 +29,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Whether the test broker can hold confirmed events back after network faults until a
-    /// consumer leaves or another event is published: pulsar-lite 0.2 (RELIABILITY.md, finding
-    /// 4). Real Pulsar dispatches on the consumer's permits.
+    /// Whether the test broker can hold confirmed events back until a consumer leaves or
+    /// joins, after network faults and, rarely, without them: pulsar-lite 0.2 (RELIABILITY.md,
+    /// finding 4). Real Pulsar dispatches on the consumer's permits.
     pub fn holds_back_after_faults(self) -> bool {
         self == Backend::Pulsar
     }
