@@ -32,7 +32,7 @@ impl Backend {
     /// Whether the test broker can hold confirmed events back until a consumer leaves or
     /// joins, after network faults and, rarely, without them: pulsar-lite 0.2 (RELIABILITY.md,
     /// finding 4). Real Pulsar dispatches on the consumer's permits.
-    pub fn holds_back_after_faults(self) -> bool {
+    pub fn holds_back_messages(self) -> bool {
         self == Backend::Pulsar
     }
 

@@ -24,7 +24,7 @@ use crate::row::Row;
 
 const SETTLE: Duration = Duration::from_secs(180);
 /// With nothing new for this long, a backend that can hold messages back gets its readers
-/// rejoined once (see [`Backend::holds_back_after_faults`]).
+/// rejoined once (see [`Backend::holds_back_messages`]).
 const QUIET: Duration = Duration::from_secs(20);
 /// Bad messages are numbered from here, good events from 0.
 const BAD: u64 = 1_000_000;
@@ -106,7 +106,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     while !ledger.complete() && tokio::time::Instant::now() < deadline {
         let next = tokio::time::timeout(Duration::from_secs(5), letters.next()).await;
         let Ok(Some(letter)) = next else {
-            if backend.holds_back_after_faults()
+            if backend.holds_back_messages()
                 && missing_at_rejoin.is_none()
                 && last_letter.elapsed() >= QUIET
             {

@@ -70,7 +70,7 @@ pub(super) async fn run(backend: Backend, scale: Scale) -> anyhow::Result<Row> {
     let stats = proxy.stats();
     let mut ended = consumer.shutdown().await;
     let mut came_on_rejoin = None;
-    if !caught_up && backend.holds_back_after_faults() {
+    if !caught_up && backend.holds_back_messages() {
         // The broker has them: a consumer leaving makes pulsar-lite dispatch again and take
         // back what it had out, and a new member's permits make it dispatch once more.
         let missing = ledger.counts().lost;
