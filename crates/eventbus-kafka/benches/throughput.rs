@@ -12,7 +12,8 @@
 //! Open edX login's ten CloudEvents headers, 64 keys, a payload of `EVENTBUS_BENCH_BYTES`,
 //! default 512 on the mock and the 40-byte Confluent-framed login on tansu), then await every
 //! acknowledgement. Both consumers join a new group on a 4-partition topic, read from the
-//! beginning, store each message's offset after handling it and let auto-commit send them.
+//! beginning, read each message's payload and `ce_type` header (what a consumer of these events
+//! dispatches on), store its offset after handling it and let auto-commit send them.
 //! Rounds alternate which side goes first; the best round of each counts.
 //! `EVENTBUS_BENCH_MESSAGES` (default 20000) and `EVENTBUS_BENCH_ROUNDS` (default 3) scale it;
 //! `EVENTBUS_BENCH_FETCH_WAIT_MS` sets `fetch.wait.max.ms` on both consumers.
@@ -30,7 +31,7 @@ use eventbus_testkit::bench::{
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -96,7 +97,12 @@ async fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
     for _ in 0..n {
         let m = consumer.recv().await.expect("message");
         first.get_or_insert_with(Instant::now);
+        // What any consumer of these events reads: the payload, and the type to dispatch on.
         std::hint::black_box(rdkafka::Message::payload(&m));
+        let kind = rdkafka::Message::headers(&m)
+            .and_then(|h| h.iter().find(|h| h.key == "ce_type"))
+            .and_then(|h| h.value);
+        std::hint::black_box(kind);
         consumer.store_offset_from_message(&m).expect("store");
     }
     let took = first.map(|t| t.elapsed()).unwrap_or_default();

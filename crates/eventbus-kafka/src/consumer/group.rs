@@ -7,10 +7,12 @@
 //! is lost and nothing unacknowledged is skipped by the next owner.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use eventbus_core::StartPosition;
+use futures::task::AtomicWaker;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -19,8 +21,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::{watch, Notify};
 
-/// A partition of a topic.
-pub(crate) type Partition = (String, i32);
+/// A partition of a topic; the topic's name is shared, as every delivery's acknowledger holds
+/// it.
+pub(crate) type Partition = (Arc<str>, i32);
 
 /// Shared by the librdkafka callbacks and the worker.
 #[derive(Debug)]
@@ -32,14 +35,21 @@ pub(crate) struct GroupContext {
     /// "offsets for times" is where reading starts; this makes a coarse or wrong answer harmless
     /// (tansu 0.6 answers the earliest offset whatever the time).
     not_before: Mutex<std::collections::HashMap<Partition, i64>>,
+    /// Whether `not_before` may hold anything: spares each message the lock when it does not.
+    has_floors: AtomicBool,
     /// Partitions revoked since the worker last looked.
     revoked: Mutex<Vec<Partition>>,
     /// The consumer itself, to give each assigned partition a queue of its own.
     consumer: OnceLock<Weak<BaseConsumer<GroupContext>>>,
     /// Queues of partitions assigned since the worker last looked.
     assigned: Assigned,
-    /// Wakes the worker when a queue has something.
+    /// Set when partitions were assigned or revoked: spares every lock of the windows two more
+    /// locks to find that nothing changed.
+    rebalanced: AtomicBool,
+    /// Wakes the worker when the main queue has something.
     wake: Arc<Notify>,
+    /// Wakes the subscription's stream when a partition queue has something.
+    reader: Arc<AtomicWaker>,
     /// Becomes true at the first assignment, even an empty one.
     joined: watch::Sender<bool>,
 }
@@ -61,10 +71,13 @@ impl GroupContext {
             start,
             started: Mutex::new(HashSet::new()),
             not_before: Mutex::new(std::collections::HashMap::new()),
+            has_floors: AtomicBool::new(false),
             revoked: Mutex::new(Vec::new()),
             consumer: OnceLock::new(),
             assigned: Assigned::default(),
+            rebalanced: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            reader: Arc::new(AtomicWaker::new()),
             joined: watch::Sender::new(false),
         }
     }
@@ -74,9 +87,19 @@ impl GroupContext {
         let _ = self.consumer.set(Arc::downgrade(consumer));
     }
 
-    /// What wakes the worker: the main queue and every partition queue have something.
+    /// What wakes the worker: the main queue has something.
     pub(crate) fn wake(&self) -> &Arc<Notify> {
         &self.wake
+    }
+
+    /// What wakes the stream: a partition queue has something.
+    pub(crate) fn reader(&self) -> &Arc<AtomicWaker> {
+        &self.reader
+    }
+
+    /// Whether partitions were assigned or revoked since the last call.
+    pub(crate) fn take_rebalanced(&self) -> bool {
+        self.rebalanced.load(Ordering::Relaxed) && self.rebalanced.swap(false, Ordering::AcqRel)
     }
 
     /// The queues of partitions assigned since the last call.
@@ -95,9 +118,10 @@ impl GroupContext {
         for e in tpl.elements() {
             match consumer.split_partition_queue(e.topic(), e.partition()) {
                 Some(mut queue) => {
-                    let wake = Arc::clone(&self.wake);
-                    queue.set_nonempty_callback(move || wake.notify_one());
-                    queues.push(((e.topic().to_owned(), e.partition()), queue));
+                    // Called by librdkafka with the queue locked: it must not wait on a lock.
+                    let reader = Arc::clone(&self.reader);
+                    queue.set_nonempty_callback(move || reader.wake());
+                    queues.push(((Arc::from(e.topic()), e.partition()), queue));
                 }
                 // Its messages keep coming through the main queue.
                 None => tracing::debug!(
@@ -112,16 +136,24 @@ impl GroupContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(queues);
+        self.rebalanced.store(true, Ordering::Release);
     }
 
     /// Whether a message of `partition` with timestamp `millis` comes before the start time;
     /// the first one that does not ends the check for its partition.
     pub(crate) fn before_start(&self, partition: &Partition, millis: Option<i64>) -> bool {
+        if !self.has_floors.load(Ordering::Acquire) {
+            return false;
+        }
         let mut floors = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
         match (floors.get(partition), millis) {
             (Some(floor), Some(ts)) if ts < *floor => true,
             (Some(_), _) => {
                 floors.remove(partition);
+                // Under the lock that adding floors takes too.
+                if floors.is_empty() {
+                    self.has_floors.store(false, Ordering::Release);
+                }
                 false
             }
             (None, _) => false,
@@ -145,7 +177,7 @@ impl GroupContext {
             let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
             tpl.elements()
                 .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
+                .map(|e| (Arc::from(e.topic()), e.partition()))
                 .filter(|p| started.insert(p.clone()))
                 .collect()
         };
@@ -155,6 +187,7 @@ impl GroupContext {
         if let StartPosition::Time(t) = start {
             let mut floors = self.not_before.lock().unwrap_or_else(|p| p.into_inner());
             floors.extend(fresh.iter().map(|p| (p.clone(), t.timestamp_millis())));
+            self.has_floors.store(true, Ordering::Release);
         }
         let offsets = match start_offsets(consumer, start, &fresh) {
             Ok(offsets) => offsets,
@@ -166,7 +199,7 @@ impl GroupContext {
         for ((topic, partition), offset) in fresh.iter().zip(offsets) {
             if let Some(offset) = offset {
                 if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
-                    tracing::warn!(error = %e, topic, partition, "cannot set the start offset");
+                    tracing::warn!(error = %e, %topic, partition, "cannot set the start offset");
                 }
             }
         }
@@ -275,13 +308,14 @@ impl ConsumerContext for GroupContext {
                 let revoked: Vec<Partition> = tpl
                     .elements()
                     .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .map(|e| (Arc::from(e.topic()), e.partition()))
                     .collect();
                 tracing::debug!(?revoked, "partitions revoked");
                 self.revoked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .extend(revoked);
+                self.rebalanced.store(true, Ordering::Release);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {

@@ -1,6 +1,7 @@
 //! Subscribing: a group consumer per subscription, run by its worker.
 
 mod group;
+mod reader;
 mod worker;
 
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use eventbus_core::transport::departures::{wait_for_departures, GroupKey, Member
 use eventbus_core::{Delivery, DeliveryStream, Error, ErrorKind, Result, Subscriber, Subscription};
 use futures::Stream;
 use rdkafka::consumer::Consumer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::client::{base_config, default, describe, failed, Topics};
 use crate::probe::Probe;
@@ -92,13 +93,8 @@ impl Subscriber for KafkaSubscriber {
             failed(ErrorKind::Subscribe, "subscribe", e).with("topics", topics.join(","))
         })?;
         let mut joined = consumer.context().joined();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let worker = Worker::new(
-            consumer,
-            tx,
-            self.settings.partition_buffer,
-            membership.clone(),
-        );
+        let (worker, reader) =
+            Worker::new(consumer, self.settings.partition_buffer, membership.clone());
         tokio::spawn(worker.run(self.closed.subscribe()));
         // Start positions mean something only once partitions are assigned; publishing right
         // after subscribing must not race the group's join.
@@ -112,7 +108,7 @@ impl Subscriber for KafkaSubscriber {
             .with("timeout", format!("{JOIN_TIMEOUT:?}"))
             .temporary());
         }
-        Ok(Box::pin(MemberStream { rx, membership }))
+        Ok(Box::pin(MemberStream { reader, membership }))
     }
 
     async fn close(&self) -> Result<()> {
@@ -129,9 +125,9 @@ impl Subscriber for KafkaSubscriber {
     }
 }
 
-/// A subscription's stream: what the worker hands out. Dropping it makes the member leave.
+/// A subscription's stream. Dropping it makes the member leave.
 struct MemberStream {
-    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
+    reader: reader::Reader,
     membership: Membership,
 }
 
@@ -139,7 +135,7 @@ impl Stream for MemberStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.reader.poll_next(cx)
     }
 }
 

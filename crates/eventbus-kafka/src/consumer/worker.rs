@@ -1,8 +1,11 @@
-//! One subscription's worker: the task that owns the Kafka consumer's polling.
+//! One subscription's worker: the task that keeps the Kafka consumer in its group.
 //!
-//! librdkafka wakes it when its queue has something (messages, rebalances, errors), and it
-//! serves the queue without blocking; it never stops polling, so the group session never
-//! starves. Each partition's messages go through a [`PartitionWindow`]: many are out at once,
+//! librdkafka wakes it when its main queue has something (rebalances, errors, messages of a
+//! partition without a queue of its own), and it serves that queue without blocking; it never
+//! stops polling, so the group session never starves even while nobody reads. The messages of
+//! assigned partitions wait in a queue per partition, which the subscription's stream reads
+//! itself ([`super::reader`]): a hop through this task per message cost more than the rest of
+//! the consumer (BENCHMARKS.md). Each partition's messages go through a [`PartitionWindow`]: many are out at once,
 //! but a key's next message only once the previous one was acknowledged, so order per key holds
 //! with concurrency across keys and partitions. The offset stored (and committed by the
 //! periodic auto-commit, on revocation and on close) is the end of the acknowledged prefix, so
@@ -11,10 +14,10 @@
 //!
 //! Acknowledgers do their part themselves, under the lock of the windows: mark the window,
 //! store the offset (librdkafka's store is thread-safe and only records it) and hand out what
-//! the ack unblocked. A round trip through the worker per ack was most of the consumer's cost
-//! (BENCHMARKS.md); the worker is woken only when a full window gets room again.
+//! the ack unblocked. Whatever is handed out waits in one line of ready deliveries, under the
+//! same lock, until the stream takes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,12 +26,13 @@ use chrono::DateTime;
 use eventbus_core::transport::departures::Membership;
 use eventbus_core::transport::window::PartitionWindow;
 use eventbus_core::{Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result};
+use futures::task::AtomicWaker;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
-use rdkafka::topic_partition_list::TopicPartitionList;
-use tokio::sync::{mpsc, watch, Notify};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::group::{GroupContext, Partition};
 use crate::client::failed;
@@ -37,31 +41,10 @@ pub(crate) type KafkaConsumer = BaseConsumer<GroupContext>;
 
 /// How long closing may wait for the group to let the consumer go.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-type Deliveries = mpsc::UnboundedSender<Result<Delivery>>;
-
-/// A message as polled: owned, so the consumer is free again.
-struct Received {
-    partition: Partition,
-    held: Held,
-}
-
-impl From<&BorrowedMessage<'_>> for Received {
-    fn from(message: &BorrowedMessage<'_>) -> Self {
-        Self {
-            partition: (message.topic().to_owned(), message.partition()),
-            held: Held {
-                message: to_message(message),
-                offset: message.offset(),
-                attempt: 1,
-                published_at: message.timestamp().to_millis(),
-            },
-        }
-    }
-}
 
 /// A message held in a window.
 #[derive(Debug, Clone)]
-struct Held {
+pub(super) struct Held {
     message: Message,
     offset: i64,
     attempt: u32,
@@ -77,43 +60,54 @@ struct PartitionState {
     window: PartitionWindow<Held>,
     /// Paused because its window filled while its messages came through the main queue.
     paused: bool,
+    /// The offset to store next, the end of the acknowledged prefix, if it moved.
+    to_store: Option<i64>,
 }
 
-/// The assigned partitions, behind the lock that the worker and acknowledgers share.
+/// The assigned partitions, behind the lock that the worker, the stream and acknowledgers
+/// share.
 #[derive(Default)]
-struct Partitions {
+pub(super) struct Partitions {
     states: HashMap<Partition, PartitionState>,
     /// Partitions with a queue of their own: read only while their window has room.
     queues: HashMap<Partition, PartitionQueue<GroupContext>>,
     next_epoch: u64,
     /// Set once the worker closed the consumer: later acks go nowhere.
-    closed: bool,
+    pub(super) closed: bool,
+    /// Some partition has an offset to store.
+    unstored: bool,
+    /// Handed out, waiting for the stream to take them.
+    pub(super) ready: VecDeque<Result<Delivery>>,
 }
 
-/// What the worker and every acknowledger of a subscription reach.
-struct Shared {
+/// What the worker, the stream and every acknowledger of a subscription reach.
+pub(super) struct Shared {
     /// Handed to each acknowledger.
     me: Weak<Shared>,
-    consumer: Arc<KafkaConsumer>,
+    pub(super) consumer: Arc<KafkaConsumer>,
     partitions: Mutex<Partitions>,
-    deliveries: Deliveries,
-    /// Wakes the worker: librdkafka has something, or a full window got room.
+    /// Wakes the worker: its main queue has something.
     wake: Arc<Notify>,
+    /// Wakes the stream: deliveries are ready, or a partition queue it reads has messages or
+    /// room again.
+    pub(super) reader: Arc<AtomicWaker>,
     buffer: usize,
 }
 
 pub(crate) struct Worker {
     shared: Arc<Shared>,
     membership: Membership,
+    /// Resolves once the subscription's stream is dropped.
+    stream_gone: oneshot::Receiver<()>,
 }
 
 impl Worker {
+    /// The worker and the stream that reads what it is assigned.
     pub(crate) fn new(
         mut consumer: KafkaConsumer,
-        deliveries: Deliveries,
         buffer: usize,
         membership: Membership,
-    ) -> Self {
+    ) -> (Self, super::reader::Reader) {
         let wake = Arc::clone(consumer.context().wake());
         let waker = wake.clone();
         consumer.set_nonempty_callback(move || waker.notify_one());
@@ -121,17 +115,23 @@ impl Worker {
         consumer.context().attach(&consumer);
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
+            reader: Arc::clone(consumer.context().reader()),
             consumer,
             partitions: Mutex::default(),
-            deliveries,
             wake,
             buffer,
         });
-        Self { shared, membership }
+        let (alive, stream_gone) = oneshot::channel();
+        let reader = super::reader::Reader::new(Arc::downgrade(&shared), alive);
+        let worker = Self {
+            shared,
+            membership,
+            stream_gone,
+        };
+        (worker, reader)
     }
 
-    pub(crate) async fn run(self, mut closed: watch::Receiver<bool>) {
-        let deliveries = self.shared.deliveries.clone();
+    pub(crate) async fn run(mut self, mut closed: watch::Receiver<bool>) {
         let wake = self.shared.wake.clone();
         let mut failures = 0u32;
         loop {
@@ -140,7 +140,7 @@ impl Worker {
             let closing = async { closed.wait_for(|c| *c).await.map(drop) };
             tokio::select! {
                 _ = closing => break,
-                () = deliveries.closed() => break,
+                _ = &mut self.stream_gone => break,
                 () = wake.notified() => {}
                 // librdkafka's housekeeping (and a wake-up that raced the last poll).
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -149,19 +149,22 @@ impl Worker {
         self.close().await;
     }
 
-    /// Takes everything librdkafka has ready, without blocking.
+    /// Takes everything librdkafka's main queue has, without blocking.
     async fn serve_queue(&self, failures: &mut u32) {
         let shared = &self.shared;
+        // A revocation served by the poll below commits what is stored.
+        shared.lock().store_offsets(&shared.consumer);
         loop {
+            // Only this task polls the main queue, so its messages reach the windows in order.
             let error = match shared.consumer.poll(Duration::ZERO) {
-                None => match shared.serve_partitions(failures) {
-                    None => return,
-                    Some(error) => error,
-                },
+                None => return,
                 Some(Ok(message)) => {
                     *failures = 0;
-                    let message = Received::from(&message);
-                    shared.lock().take(shared, message);
+                    let partition = (Arc::from(message.topic()), message.partition());
+                    let held = Held::from(&message);
+                    let mut partitions = shared.lock();
+                    partitions.take(shared, &partition, held);
+                    shared.wake_reader(partitions);
                     continue;
                 }
                 Some(Err(e)) => e,
@@ -170,9 +173,13 @@ impl Worker {
             // the stream, where the core logs and counts it like every backend's.
             *failures = failures.saturating_add(1);
             tracing::debug!(error = %error, "Kafka consumer error; polling on");
-            let _ = shared
-                .deliveries
-                .send(Err(failed(ErrorKind::Subscribe, "fetch", error)));
+            {
+                let mut partitions = shared.lock();
+                partitions
+                    .ready
+                    .push_back(Err(failed(ErrorKind::Subscribe, "fetch", error)));
+                shared.wake_reader(partitions);
+            }
             tokio::time::sleep(eventbus_core::transport::reconnect_delay(*failures)).await;
         }
     }
@@ -181,11 +188,14 @@ impl Worker {
     async fn close(self) {
         {
             let mut partitions = self.shared.lock();
+            partitions.store_offsets(&self.shared.consumer);
             partitions.closed = true;
             // Partition queues hold the consumer; they go first, so it is dropped below.
             partitions.queues.clear();
             partitions.states.clear();
         }
+        // The stream ends once it has taken what is ready.
+        self.shared.reader.wake();
         let consumer = Arc::clone(&self.shared.consumer);
         // Acknowledgers hold only a weak handle: the consumer ends with this task.
         drop(self.shared);
@@ -240,52 +250,36 @@ fn reassigned(partition: &Partition, offset: i64) -> Error {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Partitions> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Partitions> {
         let mut partitions = self
             .partitions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        partitions.follow_rebalances(&self.consumer);
+        if partitions.follow_rebalances(&self.consumer) {
+            // New queues to read, which may have filled before their callback was set.
+            self.reader.wake();
+        }
         partitions
     }
 
-    /// Takes the messages of partitions with a queue of their own, as far as their windows
-    /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
-    /// queue is full, so memory stays bounded without a pause. Returns a partition's error.
-    fn serve_partitions(&self, failures: &mut u32) -> Option<KafkaError> {
-        let mut partitions = self.lock();
-        let queued: Vec<Partition> = partitions.queues.keys().cloned().collect();
-        for partition in queued {
-            loop {
-                let full = partitions
-                    .states
-                    .get(&partition)
-                    .is_some_and(|s| !s.window.has_room());
-                let Some(queue) = partitions.queues.get(&partition).filter(|_| !full) else {
-                    break;
-                };
-                let received = match queue.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Ok(message)) => Received::from(&message),
-                    Some(Err(error)) => {
-                        tracing::debug!(error = %error, ?partition, "Kafka partition error");
-                        return Some(error);
-                    }
-                };
-                *failures = 0;
-                partitions.take(self, received);
-            }
+    /// Lets go of the lock, then wakes the stream if deliveries wait for it.
+    fn wake_reader(&self, partitions: MutexGuard<'_, Partitions>) {
+        let waiting = !partitions.ready.is_empty();
+        drop(partitions);
+        if waiting {
+            self.reader.wake();
         }
-        None
     }
 
     /// Stores the offset an acknowledgement makes committable and hands out what it unblocks.
     fn acknowledge(&self, partition: &Partition, epoch: u64, offset: i64) -> Result<()> {
-        let mut partitions = self.lock();
+        let mut guard = self.lock();
+        let partitions = &mut *guard;
         if partitions.closed {
             return Err(gone());
         }
         let has_queue = partitions.queues.contains_key(partition);
+        let ready_before = partitions.ready.len();
         let state = partitions
             .states
             .get_mut(partition)
@@ -298,32 +292,30 @@ impl Shared {
             .map_err(|_| reassigned(partition, offset))?;
         tracing::trace!(?partition, offset, "acknowledged");
         if let Some(next) = committable {
-            // `store_offset` stores the next offset to read, its argument + 1.
-            self.consumer
-                .store_offset(&partition.0, partition.1, next - 1)
-                .map_err(|e| {
-                    failed(ErrorKind::Subscribe, "offset store", e)
-                        .with("topic", &partition.0)
-                        .with("partition", partition.1)
-                })?;
+            state.to_store = Some(next);
+            partitions.unstored = true;
         }
-        self.release(partition, state);
+        self.release(partition, state, &mut partitions.ready);
         if state.paused && state.window.len() <= self.buffer / 2 {
             state.paused = false;
             if let Err(e) = self.consumer.resume(&single(partition)) {
                 tracing::warn!(error = %e, ?partition, "cannot resume a partition");
             }
         }
-        if was_full && has_queue && state.window.has_room() {
-            // Its queue was left unread; the worker reads it again.
-            self.wake.notify_one();
+        // Its queue was left unread; the stream reads it again.
+        let room = was_full && has_queue && state.window.has_room();
+        let handed_out = partitions.ready.len() > ready_before;
+        drop(guard);
+        if room || handed_out {
+            self.reader.wake();
         }
         Ok(())
     }
 
     /// A nacked message's delay is over: hands it out again, its key still held.
     fn redeliver(&self, partition: &Partition, epoch: u64, offset: i64) {
-        let mut partitions = self.lock();
+        let mut guard = self.lock();
+        let partitions = &mut *guard;
         let Some(state) = partitions
             .states
             .get_mut(partition)
@@ -336,18 +328,25 @@ impl Shared {
         };
         out.attempt += 1;
         let held = out.clone();
-        self.hand_out(partition, epoch, held);
+        let delivery = self.hand_out(partition, epoch, held);
+        partitions.ready.push_back(Ok(delivery));
+        self.wake_reader(guard);
     }
 
     /// Hands out every message of the partition whose key is free.
-    fn release(&self, partition: &Partition, state: &mut PartitionState) {
+    fn release(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        ready: &mut VecDeque<Result<Delivery>>,
+    ) {
         while let Some((_, held)) = state.window.next_ready() {
             let held = held.clone();
-            self.hand_out(partition, state.epoch, held);
+            ready.push_back(Ok(self.hand_out(partition, state.epoch, held)));
         }
     }
 
-    fn hand_out(&self, partition: &Partition, epoch: u64, held: Held) {
+    fn hand_out(&self, partition: &Partition, epoch: u64, held: Held) -> Delivery {
         tracing::trace!(
             ?partition,
             offset = held.offset,
@@ -364,12 +363,12 @@ impl Shared {
             partition: partition.1,
             offset: held.offset,
         };
-        let mut delivery = Delivery::new(&partition.0, held.message, position, held.attempt, acker);
+        let mut delivery =
+            Delivery::new(&*partition.0, held.message, position, held.attempt, acker);
         if let Some(at) = held.published_at.and_then(DateTime::from_timestamp_millis) {
             delivery = delivery.published_at(at);
         }
-        // A closed channel means the stream was dropped; the worker ends on its own.
-        let _ = self.deliveries.send(Ok(delivery));
+        delivery
     }
 }
 
@@ -377,52 +376,158 @@ impl Partitions {
     /// Forgets revoked partitions and takes the queues of assigned ones, in that order: an
     /// eager rebalance revokes a partition, then assigns it again with a new queue, which must
     /// not be dropped as revoked.
-    fn follow_rebalances(&mut self, consumer: &KafkaConsumer) {
+    /// Returns whether queues were added.
+    fn follow_rebalances(&mut self, consumer: &KafkaConsumer) -> bool {
         let context = consumer.context();
+        if !context.take_rebalanced() {
+            return false;
+        }
         for partition in context.take_revoked() {
             self.states.remove(&partition);
             self.queues.remove(&partition);
         }
-        if !self.closed {
-            self.queues.extend(context.take_assigned());
+        if self.closed {
+            return false;
+        }
+        let assigned = context.take_assigned();
+        let added = !assigned.is_empty();
+        self.queues.extend(assigned);
+        added
+    }
+
+    /// Gives librdkafka the offsets acknowledged since the last call, in one list. Storing per
+    /// ack looked the topic up by name under librdkafka's client lock every time. Called when
+    /// the stream runs out of messages, before the worker serves the main queue (where a
+    /// revocation commits what is stored), every 100 ms and on close; auto-commit sends the
+    /// stored offsets once a second, so the delay does not show.
+    pub(super) fn store_offsets(&mut self, consumer: &KafkaConsumer) {
+        if !std::mem::take(&mut self.unstored) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), state) in &mut self.states {
+            let Some(next) = state.to_store.take() else {
+                continue;
+            };
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(next)) {
+                tracing::warn!(error = %e, %topic, partition, "cannot list an offset to store");
+            }
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile; its next owner reads from the last commit.
+            tracing::debug!(error = %e, "storing acknowledged offsets failed");
+        }
+    }
+
+    /// Takes the messages of partitions with a queue of their own, as far as their windows
+    /// have room; a full window leaves them in librdkafka, which stops fetching ahead once its
+    /// queue is full, so memory stays bounded without a pause. Polled under the lock, so that
+    /// a partition's messages reach its window in order. A partition's error goes to the
+    /// stream like a delivery; librdkafka paces those by its fetch backoff.
+    pub(super) fn serve_partitions(&mut self, shared: &Shared) {
+        let Partitions {
+            states,
+            queues,
+            ready,
+            next_epoch,
+            ..
+        } = self;
+        for (partition, queue) in queues.iter() {
+            loop {
+                if states.get(partition).is_some_and(|s| !s.window.has_room()) {
+                    break;
+                }
+                let held = match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => Held::from(&message),
+                    Some(Err(error)) => {
+                        tracing::debug!(error = %error, ?partition, "Kafka partition error");
+                        let error = failed(ErrorKind::Subscribe, "fetch", error)
+                            .with("topic", &partition.0)
+                            .with("partition", partition.1);
+                        ready.push_back(Err(error));
+                        break;
+                    }
+                };
+                let state = state_of(states, next_epoch, shared.buffer, partition);
+                take(shared, partition, state, ready, true, held);
+            }
+        }
+    }
+
+    /// A message of the main queue, from a partition without a queue of its own.
+    fn take(&mut self, shared: &Shared, partition: &Partition, held: Held) {
+        let has_queue = self.queues.contains_key(partition);
+        let state = state_of(
+            &mut self.states,
+            &mut self.next_epoch,
+            shared.buffer,
+            partition,
+        );
+        take(shared, partition, state, &mut self.ready, has_queue, held);
+    }
+}
+
+/// The state of `partition`, new if it has none yet.
+fn state_of<'a>(
+    states: &'a mut HashMap<Partition, PartitionState>,
+    next_epoch: &mut u64,
+    buffer: usize,
+    partition: &Partition,
+) -> &'a mut PartitionState {
+    // The clone costs a reference count; a lookup before an insert would hash twice.
+    states.entry(partition.clone()).or_insert_with(|| {
+        *next_epoch += 1;
+        PartitionState {
+            epoch: *next_epoch,
+            window: PartitionWindow::new(buffer),
+            paused: false,
+            to_store: None,
+        }
+    })
+}
+
+/// A message from the broker: out at once if its key is free, else in line.
+fn take(
+    shared: &Shared,
+    partition: &Partition,
+    state: &mut PartitionState,
+    ready: &mut VecDeque<Result<Delivery>>,
+    has_queue: bool,
+    held: Held,
+) {
+    tracing::trace!(?partition, offset = held.offset, "received");
+    let consumer = &shared.consumer;
+    if consumer
+        .context()
+        .before_start(partition, held.published_at)
+    {
+        // Older than the start time: read past it as if handled.
+        if let Err(e) = consumer.store_offset(&partition.0, partition.1, held.offset) {
+            tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
+        }
+        return;
+    }
+    let key = held.message.key.clone();
+    state.window.push(held.offset, key.as_deref(), held);
+    shared.release(partition, state, ready);
+    // A partition with its own queue is simply read no further while its window is full.
+    if !state.window.has_room() && !state.paused && !has_queue {
+        state.paused = true;
+        if let Err(e) = consumer.pause(&single(partition)) {
+            tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
         }
     }
 }
 
-impl Partitions {
-    /// A message from the broker: out at once if its key is free, else in line.
-    fn take(&mut self, shared: &Shared, Received { partition, held }: Received) {
-        tracing::trace!(?partition, offset = held.offset, "received");
-        let consumer = &shared.consumer;
-        if consumer
-            .context()
-            .before_start(&partition, held.published_at)
-        {
-            // Older than the start time: read past it as if handled.
-            if let Err(e) = consumer.store_offset(&partition.0, partition.1, held.offset) {
-                tracing::warn!(error = %e, ?partition, "cannot store the offset of a skipped message");
-            }
-            return;
-        }
-        let has_queue = self.queues.contains_key(&partition);
-        let next_epoch = &mut self.next_epoch;
-        let state = self.states.entry(partition.clone()).or_insert_with(|| {
-            *next_epoch += 1;
-            PartitionState {
-                epoch: *next_epoch,
-                window: PartitionWindow::new(shared.buffer),
-                paused: false,
-            }
-        });
-        let key = held.message.key.clone();
-        state.window.push(held.offset, key.as_deref(), held);
-        shared.release(&partition, state);
-        // A partition with its own queue is simply read no further while its window is full.
-        if !state.window.has_room() && !state.paused && !has_queue {
-            state.paused = true;
-            if let Err(e) = consumer.pause(&single(&partition)) {
-                tracing::warn!(error = %e, ?partition, "cannot pause a full partition");
-            }
+impl From<&BorrowedMessage<'_>> for Held {
+    /// A message as polled: owned, so the consumer is free again.
+    fn from(message: &BorrowedMessage<'_>) -> Self {
+        Self {
+            message: to_message(message),
+            offset: message.offset(),
+            attempt: 1,
+            published_at: message.timestamp().to_millis(),
         }
     }
 }
@@ -438,33 +543,32 @@ fn single(partition: &Partition) -> TopicPartitionList {
 /// one allocation that the parts share; a copy per header value was a dozen allocations per
 /// message.
 fn to_message(message: &BorrowedMessage<'_>) -> Message {
-    let kafka_headers = message.headers();
-    let header_values = || {
-        kafka_headers
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| h.value.unwrap_or_default())
-    };
+    // Each header read costs librdkafka a lookup and Rust a UTF-8 check of its name: read once.
+    let kafka_headers: Vec<(&str, &[u8])> = message
+        .headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value.unwrap_or_default()))
+        .collect();
     let key = message.key();
     let payload = message.payload().unwrap_or_default();
     let size = key.map_or(0, <[u8]>::len)
         + payload.len()
-        + header_values().map(<[u8]>::len).sum::<usize>();
+        + kafka_headers.iter().map(|(_, v)| v.len()).sum::<usize>();
     let mut buffer = bytes::BytesMut::with_capacity(size);
     buffer.extend_from_slice(payload);
     if let Some(key) = key {
         buffer.extend_from_slice(key);
     }
-    for value in header_values() {
+    for (_, value) in &kafka_headers {
         buffer.extend_from_slice(value);
     }
     let mut all = buffer.freeze();
     let payload = all.split_to(payload.len());
     let key = key.map(|k| all.split_to(k.len()));
-    let mut headers = Headers::with_capacity(kafka_headers.map_or(0, |h| h.count()));
-    for header in kafka_headers.into_iter().flat_map(|h| h.iter()) {
-        let value = all.split_to(header.value.map_or(0, <[u8]>::len));
-        headers.append_bytes(header.key, value);
+    let mut headers = Headers::with_capacity(kafka_headers.len());
+    for (name, value) in kafka_headers {
+        headers.append_bytes(name, all.split_to(value.len()));
     }
     Message {
         key,
