@@ -5,16 +5,18 @@
 //! stops polling, so the group session never starves even while nobody reads. The messages of
 //! assigned partitions wait in a queue per partition, which the subscription's stream reads
 //! itself ([`super::reader`]): a hop through this task per message cost more than the rest of
-//! the consumer (BENCHMARKS.md). Each partition's messages go through a [`PartitionWindow`]: many are out at once,
-//! but a key's next message only once the previous one was acknowledged, so order per key holds
+//! the consumer (BENCHMARKS.md).
+//!
+//! Each partition's messages go through a [`PartitionWindow`]: many are out at once, but a
+//! key's next message only once the previous one was acknowledged, so order per key holds
 //! with concurrency across keys and partitions. The offset stored (and committed by the
 //! periodic auto-commit, on revocation and on close) is the end of the acknowledged prefix, so
 //! nothing unacknowledged is skipped. A nacked message is handed out again after its delay, its
 //! key still held.
 //!
 //! Acknowledgers do their part themselves, under the lock of the windows: mark the window,
-//! store the offset (librdkafka's store is thread-safe and only records it) and hand out what
-//! the ack unblocked. Whatever is handed out waits in one line of ready deliveries, under the
+//! note the offset to store (stored in one list per batch) and hand out what the ack
+//! unblocked. Whatever is handed out waits in one line of ready deliveries, under the
 //! same lock, until the stream takes it.
 
 use std::collections::{HashMap, VecDeque};
