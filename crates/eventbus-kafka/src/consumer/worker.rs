@@ -165,7 +165,7 @@ impl Worker {
                     let partition = (Arc::from(message.topic()), message.partition());
                     let held = Held::from(&message);
                     let mut partitions = shared.lock();
-                    partitions.take(shared, &partition, held);
+                    partitions.take_unqueued(shared, &partition, held);
                     shared.wake_reader(partitions);
                     continue;
                 }
@@ -377,8 +377,7 @@ impl Shared {
 impl Partitions {
     /// Forgets revoked partitions and takes the queues of assigned ones, in that order: an
     /// eager rebalance revokes a partition, then assigns it again with a new queue, which must
-    /// not be dropped as revoked.
-    /// Returns whether queues were added.
+    /// not be dropped as revoked. Returns whether queues were added.
     fn follow_rebalances(&mut self, consumer: &KafkaConsumer) -> bool {
         let context = consumer.context();
         if !context.take_rebalanced() {
@@ -414,6 +413,10 @@ impl Partitions {
             if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(next)) {
                 tracing::warn!(error = %e, %topic, partition, "cannot list an offset to store");
             }
+        }
+        if tpl.count() == 0 {
+            // Their partitions were revoked since.
+            return;
         }
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition revoked meanwhile; its next owner reads from the last commit.
@@ -458,7 +461,7 @@ impl Partitions {
     }
 
     /// A message of the main queue, from a partition without a queue of its own.
-    fn take(&mut self, shared: &Shared, partition: &Partition, held: Held) {
+    fn take_unqueued(&mut self, shared: &Shared, partition: &Partition, held: Held) {
         let has_queue = self.queues.contains_key(partition);
         let state = state_of(
             &mut self.states,
