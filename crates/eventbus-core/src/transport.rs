@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use futures::Stream;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -347,13 +348,25 @@ impl Delivery {
     }
 
     /// Marks the message processed.
-    pub async fn ack(mut self) -> Result<()> {
-        self.take_acker()?.ack().await
+    pub async fn ack(self) -> Result<()> {
+        self.settle(None).await
     }
 
     /// Asks for the message again after `delay`.
-    pub async fn nack(mut self, delay: Duration) -> Result<()> {
-        self.take_acker()?.nack(delay).await
+    pub async fn nack(self, delay: Duration) -> Result<()> {
+        self.settle(Some(delay)).await
+    }
+
+    /// An ack (`None`) or a nack after the delay: one future type for both, so the consumer
+    /// runner keeps its settlements in one set. The acknowledger's future is made now, so what
+    /// the runner holds while the broker answers is that boxed future and no copy of the
+    /// delivery.
+    pub(crate) fn settle(mut self, nack: Option<Duration>) -> BoxFuture<'static, Result<()>> {
+        match (self.take_acker(), nack) {
+            (Ok(acker), None) => acker.ack(),
+            (Ok(acker), Some(delay)) => acker.nack(delay),
+            (Err(e), _) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 

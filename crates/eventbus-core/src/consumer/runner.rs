@@ -1,13 +1,17 @@
-//! The consumer loop: one task fetches and hands events to `concurrency` workers. An event
-//! whose key has an earlier event still being handled (retrying with backoff, say) is parked
-//! behind it, so one key is handled in order while other keys flow past it; how much is held is
-//! bounded, beyond which fetching waits. Events without a key are never held back. Each
-//! delivery goes through the layer stack to the dispatcher, then is settled with the broker by
-//! its outcome; the worker takes its next event while the broker confirms, so that
-//! acknowledgements can travel in batches.
+//! The consumer loop: one task fetches, handles up to `concurrency` events at once and settles
+//! them with the broker. An event whose key has an earlier event still being handled (retrying
+//! with backoff, say) is parked behind it, so one key is handled in order while other keys flow
+//! past it; how much is held is bounded, beyond which fetching waits. Events without a key are
+//! never held back. Each delivery goes through the layer stack to the dispatcher, then is
+//! settled with the broker by its outcome; the next events are handled while the broker
+//! confirms, so that acknowledgements can travel in batches.
+//!
+//! The events of one consumer are handled concurrently within its task, as futures, not in
+//! parallel on several threads: a receiver with much CPU work to do hands it to
+//! `tokio::task::spawn_blocking` (or the application runs more consumers in the group).
 
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +19,6 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::FutureExt;
 use futures::StreamExt;
-use tokio::sync::mpsc;
 
 use super::context::{Context, DeliveryInfo};
 use super::layer::{Handler, Layer, Next, Outcome};
@@ -26,12 +29,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
 use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
 
-/// Settlements one worker may have on their way to the broker before it waits for one.
-const SETTLING_PER_WORKER: usize = 64;
+/// Settlements on their way to the broker, per unit of concurrency, before the consumer stops
+/// fetching until the broker answers some: handling goes on while the broker confirms, so that
+/// acknowledgements can travel in batches.
+const SETTLING_PER_CONCURRENCY: usize = 64;
 
-/// Deliveries held per worker (being handled, ready or parked behind their key) before the
-/// consumer stops fetching: the bound on memory when one key is slow or retrying.
-const HELD_PER_WORKER: usize = 64;
+/// Deliveries held per unit of concurrency (being handled, ready or parked behind their key)
+/// before the consumer stops fetching: the bound on memory when one key is slow or retrying.
+const HELD_PER_CONCURRENCY: usize = 64;
 
 struct Shared {
     layers: Arc<[Arc<dyn Layer>]>,
@@ -107,13 +112,12 @@ pub(super) async fn run(
         mut stream,
         subscriber,
         subscription,
-        concurrency: workers_n,
+        concurrency,
         shutdown_timeout,
         backoff,
         lag_interval,
     } = subscribed;
     let state = Arc::clone(&shared.state);
-    let mut fatal_rx = state.fatal();
     let lag = lag_interval.map(|every| {
         tokio::spawn(report_lag(
             subscriber,
@@ -123,42 +127,28 @@ pub(super) async fn run(
         ))
     });
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, Option<KeyId>)>();
-    let mut inboxes = Vec::with_capacity(workers_n);
-    let mut workers = Vec::with_capacity(workers_n);
-    for id in 0..workers_n {
-        let (tx, rx) = mpsc::channel(1);
-        workers.push(tokio::spawn(worker(
-            id,
-            Arc::clone(&shared),
-            rx,
-            done_tx.clone(),
-        )));
-        inboxes.push(tx);
-    }
-    drop(done_tx);
-    let mut idle: Vec<usize> = (0..workers_n).rev().collect();
+    // Handling happens in this task rather than in worker tasks: a hand-over to a worker and
+    // back cost two channel hops and two task wake-ups per event, more than the bookkeeping of
+    // the event itself (BENCHMARKS.md, the cost table).
+    let mut handling = FuturesUnordered::new();
+    let mut settling = FuturesUnordered::new();
     let mut queue = KeyQueue::new();
-    let max_held = workers_n * HELD_PER_WORKER;
+    let max_held = concurrency * HELD_PER_CONCURRENCY;
+    let max_settling = concurrency * SETTLING_PER_CONCURRENCY;
     let mut fetching = true;
 
-    let hasher = RandomState::new();
+    // The key only decides which events wait for which: a fast hash, seeded per process.
+    let hasher = foldhash::fast::RandomState::default();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut fatal_rx = state.fatal();
+    let mut fatal = std::pin::pin!(fatal_rx.changed());
     let mut outcome: Result<()> = Ok(());
-    'dispatch: loop {
-        while !idle.is_empty() {
+    loop {
+        while handling.len() < concurrency {
             let Some((key, delivery)) = queue.next_ready() else {
                 break;
             };
-            let Some(id) = idle.pop() else { break };
-            // A free worker's inbox is empty: it took its last event before saying it was done.
-            if inboxes[id].try_send((key, delivery)).is_err() {
-                outcome = Err(Error::new(
-                    ErrorKind::Receiver,
-                    "a consumer worker stopped unexpectedly",
-                ));
-                break 'dispatch;
-            }
+            handling.push(shared.handle(key, delivery));
         }
         if !fetching && queue.held() == 0 {
             break;
@@ -166,19 +156,24 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            _ = fatal_rx.changed() => {
-                let why = fatal_rx.borrow().clone().unwrap_or_default();
+            _ = &mut fatal => {
+                let why = state.fatal().borrow().clone().unwrap_or_default();
                 outcome = Err(Error::new(ErrorKind::TooManyErrors, format!(
                     "{} failures in a row; the last: {why}. Fix the cause and restart the consumer",
                     state.error_limit()
                 )).with("group", state.group()));
                 break;
             }
-            Some((id, key)) = done_rx.recv() => {
-                idle.push(id);
+            Some((key, handled)) = handling.next(), if !handling.is_empty() => {
                 queue.done(key);
+                if let Some((delivery, outcome)) = handled {
+                    settle_or_keep(&mut settling, shared.settle(delivery, outcome));
+                }
             }
-            next = stream.next(), if fetching && queue.held() < max_held => match next {
+            Some(()) = settling.next(), if !settling.is_empty() => {}
+            next = stream.next(), if fetching
+                && queue.held() < max_held
+                && settling.len() < max_settling => match next {
                 // The subscription ended: handle what is held, then stop.
                 None => fetching = false,
                 Some(Ok(delivery)) => {
@@ -196,25 +191,28 @@ pub(super) async fn run(
     }
 
     // What was fetched but not started goes back to the broker (dropping a delivery nacks it);
-    // what is being handled is finished.
+    // what is being handled is finished and settled.
     let abandoned = queue.abandon();
     if abandoned > 0 {
         tracing::debug!(group = %state.group(), abandoned, "events fetched but not started are left for redelivery");
     }
-    // Let the workers finish what they hold and settle it, then leave the group.
-    drop(inboxes);
     if let Some(lag) = lag {
         lag.abort();
     }
-    let drained = tokio::time::timeout(
-        shutdown_timeout,
-        futures::future::join_all(workers.iter_mut()),
-    )
-    .await;
-    if drained.is_err() {
-        for worker in &workers {
-            worker.abort();
+    let drain = async {
+        loop {
+            tokio::select! {
+                Some((_, handled)) = handling.next(), if !handling.is_empty() => {
+                    if let Some((delivery, outcome)) = handled {
+                        settle_or_keep(&mut settling, shared.settle(delivery, outcome));
+                    }
+                }
+                Some(()) = settling.next(), if !settling.is_empty() => {}
+                else => break,
+            }
         }
+    };
+    if tokio::time::timeout(shutdown_timeout, drain).await.is_err() {
         tracing::warn!(group = %state.group(), "shutdown timed out; unacknowledged events will be redelivered");
         if outcome.is_ok() {
             outcome = Err(Error::new(
@@ -224,6 +222,10 @@ pub(super) async fn run(
             .with("timeout_ms", shutdown_timeout.as_millis()));
         }
     }
+    // Dropped before the stream, so that what was not settled goes back to the broker while
+    // the subscription is still there to take it.
+    drop(handling);
+    drop(settling);
     drop(stream);
     match &outcome {
         Ok(()) => state.set_retired(),
@@ -231,6 +233,19 @@ pub(super) async fn run(
     }
     tracing::info!(group = %state.group(), "consumer stopped");
     outcome
+}
+
+/// Polls a settlement once and keeps it only if it waits for the broker. Many complete at once
+/// (the memory broker's, or a command handed to a backend's batching task), and a settlement
+/// kept costs a node in the set. Polling first with a no-op waker is sound: the set polls what
+/// it is given again, with its own waker, before it waits.
+fn settle_or_keep<S: Future<Output = ()> + Unpin>(
+    settling: &mut FuturesUnordered<S>,
+    mut settle: S,
+) {
+    if (&mut settle).now_or_never().is_none() {
+        settling.push(settle);
+    }
 }
 
 /// Publishes the group's lag as a gauge, where the backend can tell it.
@@ -260,96 +275,61 @@ async fn report_lag(
     }
 }
 
-/// One worker: handles the events the dispatcher hands it, one at a time, and settles each
-/// with the broker without waiting for the broker's answer before saying it is free again; the
-/// answers are awaited alongside (at most [`SETTLING_PER_WORKER`] at once), and all of them
-/// before the worker ends. The backend can then put many acknowledgements into one command.
-async fn worker(
-    id: usize,
-    shared: Arc<Shared>,
-    mut inbox: mpsc::Receiver<(Option<KeyId>, Delivery)>,
-    done: mpsc::UnboundedSender<(usize, Option<KeyId>)>,
-) {
-    let mut settling = FuturesUnordered::new();
-    while let Some((key, delivery)) = alongside(inbox.recv(), &mut settling).await {
-        // Receivers' panics are outcomes already (the dispatcher catches them); a layer's is
-        // caught here, so that the worker lives on. Its delivery is dropped, which nacks it.
-        let processed = AssertUnwindSafe(shared.process(delivery)).catch_unwind();
-        match alongside(processed, &mut settling).await {
-            Ok((delivery, outcome)) => settling.push(shared.settle(delivery, outcome)),
-            Err(_) => {
-                let e = Error::new(
-                    ErrorKind::Receiver,
-                    "a consumer layer panicked; the event goes back to the broker",
-                );
-                tracing::error!(error = %e, group = %shared.state.group(), "a consumer layer panicked");
-                shared.state.record_failure(&e);
-            }
-        }
-        // The dispatcher may be gone (shutting down); the settlement still completes here.
-        let _ = done.send((id, key));
-        while settling.len() >= SETTLING_PER_WORKER {
-            settling.next().await;
-        }
-    }
-    while settling.next().await.is_some() {}
-}
-
-/// Runs `future` to its end while the settlements already sent make progress.
-async fn alongside<F: Future, S: Future<Output = ()>>(
-    future: F,
-    settling: &mut FuturesUnordered<S>,
-) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut future => return out,
-            Some(()) = settling.next(), if !settling.is_empty() => {}
-        }
-    }
-}
-
 impl Shared {
-    async fn process(&self, mut delivery: Delivery) -> (Delivery, Outcome) {
+    /// Handles one event through the layers. `None` when a layer panicked: the delivery is
+    /// dropped, which sends it back to the broker, and the consumer lives on. (Receivers'
+    /// panics are outcomes already; the dispatcher catches them.)
+    ///
+    /// What needs no waiting is done before the future is made, and the future holds little:
+    /// the runner moves it into its set of events in flight, so its size is copied per event.
+    fn handle(
+        &self,
+        key: Option<KeyId>,
+        mut delivery: Delivery,
+    ) -> impl Future<Output = (Option<KeyId>, Option<(Delivery, Outcome)>)> + Send + '_ {
         let info = DeliveryInfo::take(
             &mut delivery,
             self.state.group_arc(),
             Arc::clone(&self.serializer),
         );
         let mut ctx = Context::new(info, Arc::clone(&self.state));
+        self.state.enter();
         // Left on drop, so that a layer that panics does not leave the count behind.
-        struct InFlight<'a>(&'a ConsumerState);
-        impl Drop for InFlight<'_> {
-            fn drop(&mut self) {
-                self.0.leave();
+        let in_flight = InFlight(&self.state);
+        async move {
+            let _in_flight = in_flight;
+            let next = Next::new(&self.layers, self.handler.as_ref());
+            match AssertUnwindSafe(next.run(&mut ctx)).catch_unwind().await {
+                Ok(outcome) => (key, Some((delivery, outcome))),
+                Err(_) => {
+                    let e = Error::new(
+                        ErrorKind::Receiver,
+                        "a consumer layer panicked; the event goes back to the broker",
+                    );
+                    tracing::error!(error = %e, group = %self.state.group(), "a consumer layer panicked");
+                    self.state.record_failure(&e);
+                    (key, None)
+                }
             }
         }
-        self.state.enter();
-        let _in_flight = InFlight(&self.state);
-        let outcome = Next::new(&self.layers, self.handler.as_ref())
-            .run(&mut ctx)
-            .await;
-        (delivery, outcome)
     }
 
-    /// Tells the broker how handling ended: an ack, or a nack that brings it back later.
-    async fn settle(&self, delivery: Delivery, outcome: Outcome) {
-        let result = match outcome {
-            Outcome::Handled | Outcome::Skipped { .. } | Outcome::DeadLettered { .. } => {
-                delivery.ack().await
-            }
+    /// Tells the broker how handling ended: an ack, or a nack that brings it back later. The
+    /// outcome is read now; the future only waits for the broker.
+    fn settle(&self, delivery: Delivery, outcome: Outcome) -> impl Future<Output = ()> + Send {
+        let nack = match outcome {
+            Outcome::Handled | Outcome::Skipped { .. } | Outcome::DeadLettered { .. } => None,
             Outcome::Retry { error, delay } => {
                 tracing::debug!(%error, "no retry layer; the broker delivers the event again");
-                delivery.nack(delay.unwrap_or_default()).await
+                Some(delay.unwrap_or_default())
             }
             Outcome::GiveUp { reason, error } => {
                 tracing::error!(reason = reason.as_str(), %error, "an event was given up but no dead-letter layer takes it; the broker delivers it again");
-                delivery.nack(self.give_up_delay).await
+                Some(self.give_up_delay)
             }
-            Outcome::Release { delay, .. } => delivery.nack(delay).await,
+            Outcome::Release { delay, .. } => Some(delay),
         };
-        match result {
+        delivery.settle(nack).map(|settled| match settled {
             Ok(()) => {}
             // Handled, and the broker hands it out again: at-least-once, not a failure.
             Err(e) if e.kind() == ErrorKind::Reassigned => {
@@ -363,6 +343,33 @@ impl Shared {
             Err(e) => {
                 tracing::warn!(error = %e, "settling the delivery with the broker failed; the event may be redelivered");
             }
+        })
+    }
+}
+
+/// One event being handled, counted in the consumer's in-flight gauge until it is dropped.
+struct InFlight<'a>(&'a ConsumerState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runner keeps many settlements at once (acks waiting for a batch to reach the broker);
+    /// each should hold the broker's future alone, not a copy of the delivery and its outcome.
+    #[test]
+    fn a_kept_settlement_is_the_brokers_future_alone() {
+        fn output_size<F: Fn(&'static Shared, Delivery) -> R, R>(_: F) -> usize {
+            std::mem::size_of::<R>()
         }
+        assert_eq!(
+            output_size(|shared, delivery| shared.settle(delivery, Outcome::Handled)),
+            std::mem::size_of::<futures::future::BoxFuture<'static, Result<()>>>()
+        );
     }
 }

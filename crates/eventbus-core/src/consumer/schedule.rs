@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use foldhash::fast::RandomState;
+
 /// A key as the scheduler tells keys apart: a hash of its bytes. Two keys with one hash are
 /// merely handled one after the other.
 pub(super) type KeyId = u64;
@@ -11,7 +13,7 @@ pub(super) type KeyId = u64;
 /// The deliveries a consumer holds, from fetch until handled.
 pub(super) struct KeyQueue<T> {
     /// Keys with an event ready or being handled, each with the events parked behind it.
-    busy: HashMap<KeyId, VecDeque<T>>,
+    busy: HashMap<KeyId, VecDeque<T>, RandomState>,
     /// Events that may be handled as soon as a worker is free, oldest first.
     ready: VecDeque<(Option<KeyId>, T)>,
     /// Everything pushed and not yet done: ready, parked and being handled.
@@ -21,7 +23,7 @@ pub(super) struct KeyQueue<T> {
 impl<T> KeyQueue<T> {
     pub(super) fn new() -> Self {
         Self {
-            busy: HashMap::new(),
+            busy: HashMap::default(),
             ready: VecDeque::new(),
             held: 0,
         }

@@ -114,13 +114,6 @@ pub(crate) struct Handout {
     pub(crate) time: DateTime<Utc>,
 }
 
-/// What polling found.
-pub(crate) enum Poll {
-    Ready(Handout),
-    /// Nothing now; a nacked message becomes ready at this instant, if any.
-    Wait(Option<Instant>),
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent data (every update is one assignment).
     m.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -285,22 +278,28 @@ impl Topic {
         }
     }
 
-    /// The next message for `member`: from the partitions assigned to it (partition p goes to
-    /// the member at index p mod n, in join order), a nacked one that is due first, then the
-    /// oldest whose key has nothing out.
-    pub(crate) fn poll(&self, group: &str, member: u64, rotate: usize) -> Poll {
+    /// Up to `max` messages for `member`, appended to `out`: from the partitions assigned to it
+    /// (partition p goes to the member at index p mod n, in join order), nacked ones that are
+    /// due first, then the oldest whose key has nothing out. Taking several under one lock
+    /// spares the stream a lock, a group lookup and a wake-up per message. When nothing could
+    /// be taken, returns the instant the first nacked message becomes due, if any.
+    pub(crate) fn poll(
+        &self,
+        group: &str,
+        member: u64,
+        rotate: usize,
+        max: usize,
+        out: &mut Vec<Handout>,
+    ) -> Option<Instant> {
         let mut state = lock(&self.state);
         let TopicState { log, groups, .. } = &mut *state;
-        let Some(g) = groups.get_mut(group) else {
-            return Poll::Wait(None);
-        };
-        let Some(index) = g.members.iter().position(|m| m.id == member) else {
-            return Poll::Wait(None);
-        };
+        let g = groups.get_mut(group)?;
+        let index = g.members.iter().position(|m| m.id == member)?;
         let members = g.members.len();
         let partitions = log.len();
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
+        let limit = out.len() + max;
         for i in 0..partitions {
             let p = (i + rotate) % partitions;
             if p % members != index {
@@ -313,20 +312,20 @@ impl Topic {
                 handed.attempt += 1;
                 handed.nacked_until = None;
                 let stored = &log[offset as usize];
-                Poll::Ready(Handout {
+                Handout {
                     message: stored.message.clone(),
                     partition: p,
                     offset: offset as usize,
                     attempt: handed.attempt,
                     time: stored.time,
-                })
+                }
             };
             if cursor.nacked > 0 {
                 for (offset, handed) in cursor.window.iter_out_mut() {
                     match handed.nacked_until {
-                        Some(at) if at <= now => {
+                        Some(at) if at <= now && out.len() < limit => {
                             cursor.nacked -= 1;
-                            return handout(offset, handed);
+                            out.push(handout(offset, handed));
                         }
                         Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
                         None => {}
@@ -339,11 +338,17 @@ impl Topic {
                 cursor.window.push(offset as i64, key, Handed::default());
                 cursor.read += 1;
             }
-            if let Some((offset, handed)) = cursor.window.next_ready() {
-                return handout(offset, handed);
+            while out.len() < limit {
+                let Some((offset, handed)) = cursor.window.next_ready() else {
+                    break;
+                };
+                out.push(handout(offset, handed));
+            }
+            if out.len() == limit {
+                break;
             }
         }
-        Poll::Wait(earliest)
+        earliest
     }
 
     /// Settles a message handed to `member`: `None` acks, `Some(delay)` nacks.

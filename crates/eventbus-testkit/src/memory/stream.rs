@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use eventbus_core::{Acknowledge, Delivery, DeliveryStream, Position, Result, Subscription};
 use tokio::sync::Notify;
 
-use super::broker::{MemoryBroker, Poll, Topic};
+use super::broker::{Handout, MemoryBroker, Topic};
 
 /// Closes every stream of one subscriber.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +30,8 @@ static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 /// One member of a group across its topics; leaves the group when dropped.
 struct Membership {
     member: u64,
-    group: String,
+    // Shared with each delivery's acknowledger: no copy of the name per message.
+    group: Arc<str>,
     topics: Vec<(String, Arc<Topic>)>,
     wake: Arc<Notify>,
     closed: CloseSignal,
@@ -54,7 +55,7 @@ pub(crate) fn open(
     let wake = Arc::new(Notify::new());
     let mut membership = Membership {
         member,
-        group: subscription.group.clone(),
+        group: Arc::from(subscription.group.as_str()),
         topics: Vec::new(),
         wake: Arc::clone(&wake),
         closed,
@@ -70,79 +71,105 @@ pub(crate) fn open(
         )?;
         membership.topics.push((name.clone(), topic));
     }
-    let membership = Arc::new(membership);
+    let reader = Reader {
+        membership: Arc::new(membership),
+        taken: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+    };
     Ok(Box::pin(futures::stream::unfold(
-        membership,
-        |m| async move {
-            let delivery = next(&m).await?;
-            Some((Ok(delivery), m))
+        reader,
+        |mut reader| async move {
+            let delivery = reader.next().await?;
+            Some((Ok(delivery), reader))
         },
     )))
 }
 
-async fn next(m: &Arc<Membership>) -> Option<Delivery> {
-    loop {
-        let closing = m.closed.0 .1.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if m.closed.is_closed() {
-            return None;
-        }
-        // Rotate the starting topic and partition so that no partition starves the others.
-        let rotate = m.rotate.fetch_add(1, Ordering::Relaxed);
-        let mut wake_at = None;
-        let n = m.topics.len();
-        for i in 0..n {
-            let (name, topic) = &m.topics[(i + rotate) % n];
-            match topic.poll(&m.group, m.member, rotate) {
-                Poll::Ready(h) => {
-                    let acker = MemoryAck {
-                        topic: Arc::clone(topic),
-                        group: m.group.clone(),
-                        partition: h.partition,
-                        offset: h.offset,
-                        member: m.member,
-                        settled: false,
-                    };
-                    let position = Position::Offset {
-                        partition: h.partition as i32,
-                        offset: h.offset as i64,
-                    };
-                    return Some(
-                        Delivery::new(
-                            name.clone(),
-                            h.message,
-                            position,
-                            h.attempt,
-                            Box::new(acker),
-                        )
-                        .published_at(h.time),
-                    );
+/// Messages taken from the broker at once, then handed out one by one.
+const TAKE: usize = 32;
+
+/// The state of one delivery stream.
+struct Reader {
+    membership: Arc<Membership>,
+    /// Reused for every take, so that taking does not allocate.
+    taken: Vec<Handout>,
+    /// Taken and not handed out yet. Dropped with the stream, they are nacked like any
+    /// delivery that is dropped.
+    ready: std::collections::VecDeque<Delivery>,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<Delivery> {
+        let m = Arc::clone(&self.membership);
+        loop {
+            if m.closed.is_closed() {
+                return None;
+            }
+            if let Some(delivery) = self.ready.pop_front() {
+                return Some(delivery);
+            }
+            let closing = m.closed.0 .1.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if m.closed.is_closed() {
+                return None;
+            }
+            // Rotate the starting topic and partition so that no partition starves the others.
+            let rotate = m.rotate.fetch_add(1, Ordering::Relaxed);
+            let mut wake_at = None;
+            let n = m.topics.len();
+            for i in 0..n {
+                let (name, topic) = &m.topics[(i + rotate) % n];
+                if let Some(at) = topic.poll(&m.group, m.member, rotate, TAKE, &mut self.taken) {
+                    wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)));
                 }
-                Poll::Wait(Some(at)) => {
-                    wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)))
+                for h in self.taken.drain(..) {
+                    self.ready.push_back(m.delivery(name, topic, h));
                 }
-                Poll::Wait(None) => {}
+                if !self.ready.is_empty() {
+                    break;
+                }
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            let timer = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = m.wake.notified() => {}
+                () = timer => {}
+                () = closing => return None,
             }
         }
-        let timer = async {
-            match wake_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+    }
+}
+
+impl Membership {
+    fn delivery(&self, name: &str, topic: &Arc<Topic>, h: Handout) -> Delivery {
+        let acker = MemoryAck {
+            topic: Arc::clone(topic),
+            group: Arc::clone(&self.group),
+            partition: h.partition,
+            offset: h.offset,
+            member: self.member,
+            settled: false,
         };
-        tokio::select! {
-            () = m.wake.notified() => {}
-            () = timer => {}
-            () = closing => return None,
-        }
+        let position = Position::Offset {
+            partition: h.partition as i32,
+            offset: h.offset as i64,
+        };
+        Delivery::new(name, h.message, position, h.attempt, Box::new(acker)).published_at(h.time)
     }
 }
 
 #[derive(Debug)]
 struct MemoryAck {
     topic: Arc<Topic>,
-    group: String,
+    group: Arc<str>,
     partition: usize,
     offset: usize,
     member: u64,
