@@ -57,6 +57,8 @@ pub struct ConsumerSettings {
     /// not take (the event comes again) does not.
     pub consecutive_error_limit: u32,
     /// Events handled at once; events with the same key are still handled one after another.
+    /// They are futures on the consumer's own task, not threads: a receiver with heavy CPU work
+    /// hands it to `tokio::task::spawn_blocking`.
     pub concurrency: usize,
     /// How long shutdown waits for in-flight events.
     pub shutdown_timeout: Duration,
