@@ -112,25 +112,27 @@ impl EventMetadata {
     /// [`ErrorKind::InvalidHeaders`]; the other attributes are optional.
     pub fn from_headers(headers: &Headers) -> Result<Self> {
         let invalid = |what: &str| Error::new(ErrorKind::InvalidHeaders, what.to_owned());
-        let types: Vec<&[u8]> = headers.get_all(header::TYPE).collect();
-        let event_type = match types.as_slice() {
-            [one] if !one.is_empty() => std::str::from_utf8(one)
+        // One pass over the headers rather than a search per attribute: this runs for every
+        // event consumed. Each attribute takes its first value, as `Headers::get` would.
+        let found = Found::read(headers);
+        let event_type = match (found.event_type, found.types) {
+            (Some(one), 1) if !one.is_empty() => std::str::from_utf8(one)
                 .map_err(|_| {
                     invalid("the ce_type header is not UTF-8 text")
                         .with("ce_type", one.escape_ascii())
                 })?
                 .to_owned(),
-            [] | [_] => return Err(invalid("the message has no ce_type header")),
-            many => {
-                let names: Vec<String> = many
-                    .iter()
+            (_, 0 | 1) => return Err(invalid("the message has no ce_type header")),
+            _ => {
+                let names: Vec<String> = headers
+                    .get_all(header::TYPE)
                     .map(|t| String::from_utf8_lossy(t).into_owned())
                     .collect();
                 return Err(invalid("the message has several ce_type headers")
                     .with("ce_type", names.join(", ")));
             }
         };
-        let id = match headers.get_bytes(header::ID) {
+        let id = match found.id {
             None => return Err(invalid("the message has no ce_id header")),
             Some(raw) => std::str::from_utf8(raw).map_err(|_| {
                 invalid("the ce_id header is not UTF-8 text").with("ce_id", raw.escape_ascii())
@@ -141,7 +143,7 @@ impl EventMetadata {
                 .with("ce_id", id)
                 .with_source(e)
         })?;
-        let minor_version = match headers.get(header::MINOR_VERSION) {
+        let minor_version = match text_of(found.minor_version) {
             None | Some("") => 0,
             Some(v) => v.parse().map_err(|e| {
                 invalid("the ce_minorversion header is not a number")
@@ -149,7 +151,7 @@ impl EventMetadata {
                     .with_source(e)
             })?,
         };
-        let time = match headers.get(header::TIME) {
+        let time = match text_of(found.time) {
             None | Some("") => Utc::now(),
             Some(v) => DateTime::parse_from_rfc3339(v)
                 .map_err(|e| {
@@ -159,21 +161,64 @@ impl EventMetadata {
                 })?
                 .with_timezone(&Utc),
         };
-        let text = |name: &str| headers.get(name).unwrap_or_default().to_owned();
+        let text = |value| text_of(value).unwrap_or_default().to_owned();
         Ok(Self {
             id,
             event_type,
             minor_version,
-            source: text(header::SOURCE),
-            source_host: text(header::SOURCE_HOST),
-            source_lib: text(header::SOURCE_LIB),
+            source: text(found.source),
+            source_host: text(found.source_host),
+            source_lib: text(found.source_lib),
             time,
-            spec_version: headers
-                .get(header::SPEC_VERSION)
-                .unwrap_or("1.0")
-                .to_owned(),
-            content_type: text(header::CONTENT_TYPE),
+            spec_version: text_of(found.spec_version).unwrap_or("1.0").to_owned(),
+            content_type: text(found.content_type),
         })
+    }
+}
+
+/// A header value as text; `None` when absent or not UTF-8, as [`Headers::get`] has it.
+fn text_of(value: Option<&[u8]>) -> Option<&str> {
+    value.and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The first value of each CloudEvents attribute in a header list, and how many `ce_type`
+/// values there are.
+#[derive(Default)]
+struct Found<'a> {
+    event_type: Option<&'a [u8]>,
+    types: usize,
+    id: Option<&'a [u8]>,
+    minor_version: Option<&'a [u8]>,
+    time: Option<&'a [u8]>,
+    source: Option<&'a [u8]>,
+    source_host: Option<&'a [u8]>,
+    source_lib: Option<&'a [u8]>,
+    spec_version: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+}
+
+impl<'a> Found<'a> {
+    fn read(headers: &'a Headers) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers.iter() {
+            let slot = match name {
+                header::TYPE => {
+                    found.types += 1;
+                    &mut found.event_type
+                }
+                header::ID => &mut found.id,
+                header::MINOR_VERSION => &mut found.minor_version,
+                header::TIME => &mut found.time,
+                header::SOURCE => &mut found.source,
+                header::SOURCE_HOST => &mut found.source_host,
+                header::SOURCE_LIB => &mut found.source_lib,
+                header::SPEC_VERSION => &mut found.spec_version,
+                header::CONTENT_TYPE => &mut found.content_type,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        found
     }
 }
 
@@ -463,5 +508,32 @@ mod tests {
         headers.append("ce_type", "u");
         let err = EventMetadata::from_headers(&headers).unwrap_err();
         assert!(err.to_string().contains("several ce_type"), "{err}");
+
+        headers.remove("ce_type");
+        headers.insert("ce_type", "");
+        let err = EventMetadata::from_headers(&headers).unwrap_err();
+        assert!(err.to_string().contains("no ce_type"), "{err}");
+    }
+
+    #[test]
+    fn each_attribute_takes_its_first_text_value_as_get_does() {
+        let mut headers = Headers::new();
+        headers.insert("ce_id", Uuid::new_v4().to_string());
+        headers.insert("ce_type", "org.openedx.t.v1");
+        headers.append("ce_source", "first");
+        headers.append("ce_source", "second");
+        headers.append("sourcehost", [0xffu8, 0xfe]);
+        headers.append("sourcelib", "1.2");
+        headers.append("content-type", "application/avro");
+        let meta = EventMetadata::from_headers(&headers).unwrap();
+        assert_eq!(meta.source, headers.get("ce_source").unwrap());
+        assert_eq!(meta.source, "first");
+        // Not UTF-8: absent, so empty.
+        assert_eq!(meta.source_host, "");
+        assert_eq!(meta.source_lib, "1.2");
+        assert_eq!(meta.content_type, "application/avro");
+        // Absent: the defaults.
+        assert_eq!(meta.spec_version, "1.0");
+        assert_eq!(meta.minor_version, 0);
     }
 }

@@ -2,7 +2,6 @@
 //! consumers decode and dispatch by event type through a route per type (erased, so one map holds
 //! routes of many types); raw consumers call one receiver with the delivery as it is.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
@@ -127,7 +126,7 @@ pub enum UnknownEventTypes {
 
 /// Typed dispatch: metadata → route → decode → receivers.
 pub(crate) struct Dispatcher {
-    pub(crate) routes: HashMap<String, Arc<dyn Route>>,
+    pub(crate) routes: crate::FastMap<String, Arc<dyn Route>>,
     pub(crate) unknown: UnknownEventTypes,
     pub(crate) schema_ids: Option<SchemaIds>,
 }

@@ -15,7 +15,6 @@ mod runner;
 mod schedule;
 mod state;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -129,7 +128,7 @@ pub struct Consumer {
     named: bool,
     pending_per_member: bool,
     start: Option<StartPosition>,
-    routes: HashMap<String, Arc<dyn Route>>,
+    routes: crate::FastMap<String, Arc<dyn Route>>,
     raw: Option<Arc<dyn RawReceiver>>,
     /// Event types given a route twice: an error at start.
     duplicates: Vec<String>,
@@ -193,7 +192,7 @@ impl Consumer {
                 uuid::Uuid::new_v4().simple()
             ),
             start: None,
-            routes: HashMap::new(),
+            routes: crate::FastMap::default(),
             raw: None,
             duplicates: Vec::new(),
             edits: Vec::new(),

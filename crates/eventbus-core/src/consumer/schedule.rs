@@ -2,9 +2,9 @@
 //! and any number of keys at once. A key whose event is being handled (retrying with backoff,
 //! say) parks its later events; other keys go on. Deliveries without a key are never held back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use foldhash::fast::RandomState;
+use crate::FastMap;
 
 /// A key as the scheduler tells keys apart: a hash of its bytes. Two keys with one hash are
 /// merely handled one after the other.
@@ -13,7 +13,7 @@ pub(super) type KeyId = u64;
 /// The deliveries a consumer holds, from fetch until handled.
 pub(super) struct KeyQueue<T> {
     /// Keys with an event ready or being handled, each with the events parked behind it.
-    busy: HashMap<KeyId, VecDeque<T>, RandomState>,
+    busy: FastMap<KeyId, VecDeque<T>>,
     /// Events that may be handled as soon as a worker is free, oldest first.
     ready: VecDeque<(Option<KeyId>, T)>,
     /// Everything pushed and not yet done: ready, parked and being handled.
@@ -23,7 +23,7 @@ pub(super) struct KeyQueue<T> {
 impl<T> KeyQueue<T> {
     pub(super) fn new() -> Self {
         Self {
-            busy: HashMap::default(),
+            busy: FastMap::default(),
             ready: VecDeque::new(),
             held: 0,
         }

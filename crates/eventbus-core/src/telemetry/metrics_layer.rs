@@ -2,7 +2,6 @@
 //! application installs a recorder (the facade's `telemetry` feature installs a Prometheus one).
 //! Install it before the first event: handles are looked up once per topic and kept.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -90,13 +89,13 @@ pub fn record_lag(topic: &str, group: &str, lag: u64) {
 /// Metric handles per topic, made on first use: registering labels with the recorder costs a
 /// lookup and allocations that per-event code should not pay.
 struct PerTopic<H> {
-    handles: RwLock<HashMap<String, Arc<H>>>,
+    handles: RwLock<crate::FastMap<String, Arc<H>>>,
 }
 
 impl<H> Default for PerTopic<H> {
     fn default() -> Self {
         Self {
-            handles: RwLock::new(HashMap::new()),
+            handles: RwLock::new(crate::FastMap::default()),
         }
     }
 }

@@ -41,7 +41,8 @@ impl fmt::Debug for Topic {
 
 struct TopicState {
     log: Vec<Vec<Stored>>,
-    groups: HashMap<String, Group>,
+    // Looked up on every poll and ack: foldhash rather than SipHash.
+    groups: HashMap<String, Group, foldhash::fast::RandomState>,
     round_robin: usize,
 }
 
@@ -144,7 +145,7 @@ impl MemoryBroker {
             Arc::new(Topic {
                 state: Mutex::new(TopicState {
                     log: (0..self.inner.partitions).map(|_| Vec::new()).collect(),
-                    groups: HashMap::new(),
+                    groups: HashMap::default(),
                     round_robin: 0,
                 }),
             })
