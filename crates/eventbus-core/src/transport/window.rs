@@ -8,7 +8,7 @@
 //! retrying key stalls every key that shares its partition. A nacked message stays out (its key
 //! busy) until the backend hands it out again and it is acknowledged.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// A key as the window tells keys apart: FNV-1a of its bytes. Keys that share a hash are merely
 /// handed out one after the other.
@@ -40,7 +40,7 @@ struct Slot<T> {
 pub struct PartitionWindow<T> {
     slots: BTreeMap<i64, Slot<T>>,
     /// Keys with a message out, each with the offsets of its later messages.
-    busy: HashMap<u64, VecDeque<i64>>,
+    busy: crate::FastMap<u64, VecDeque<i64>>,
     /// Offsets that may be handed out now, oldest first.
     ready: VecDeque<i64>,
     limit: usize,
@@ -58,7 +58,7 @@ impl<T> PartitionWindow<T> {
     pub fn new(limit: usize) -> Self {
         Self {
             slots: BTreeMap::new(),
-            busy: HashMap::new(),
+            busy: crate::FastMap::default(),
             ready: VecDeque::new(),
             limit: limit.max(1),
         }

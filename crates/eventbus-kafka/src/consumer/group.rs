@@ -25,6 +25,10 @@ use tokio::sync::{watch, Notify};
 /// it.
 pub(crate) type Partition = (Arc<str>, i32);
 
+/// Per-partition state, looked up on every message and ack: foldhash rather than SipHash.
+pub(crate) type PartitionMap<V> =
+    std::collections::HashMap<Partition, V, foldhash::fast::RandomState>;
+
 /// Shared by the librdkafka callbacks and the worker.
 #[derive(Debug)]
 pub(crate) struct GroupContext {

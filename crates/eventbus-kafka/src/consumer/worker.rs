@@ -19,7 +19,7 @@
 //! unblocked. Whatever is handed out waits in one line of ready deliveries, under the
 //! same lock, until the stream takes it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{oneshot, watch, Notify};
 
-use super::group::{GroupContext, Partition};
+use super::group::{GroupContext, Partition, PartitionMap};
 use crate::client::failed;
 
 pub(crate) type KafkaConsumer = BaseConsumer<GroupContext>;
@@ -70,9 +70,9 @@ struct PartitionState {
 /// share.
 #[derive(Default)]
 pub(super) struct Partitions {
-    states: HashMap<Partition, PartitionState>,
+    states: PartitionMap<PartitionState>,
     /// Partitions with a queue of their own: read only while their window has room.
-    queues: HashMap<Partition, PartitionQueue<GroupContext>>,
+    queues: PartitionMap<PartitionQueue<GroupContext>>,
     next_epoch: u64,
     /// Set once the worker closed the consumer: later acks go nowhere.
     pub(super) closed: bool,
@@ -475,7 +475,7 @@ impl Partitions {
 
 /// The state of `partition`, new if it has none yet.
 fn state_of<'a>(
-    states: &'a mut HashMap<Partition, PartitionState>,
+    states: &'a mut PartitionMap<PartitionState>,
     next_epoch: &mut u64,
     buffer: usize,
     partition: &Partition,
