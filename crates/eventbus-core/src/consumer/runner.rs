@@ -142,6 +142,10 @@ pub(super) async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut fatal_rx = state.fatal();
     let mut fatal = std::pin::pin!(fatal_rx.changed());
+    // After a failed fetch the stream rests for `backoff`, while what is in flight goes on: a
+    // sleep in this task would hold up the handling too.
+    let mut fetch_retry = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut fetch_resting = false;
     let mut outcome: Result<()> = Ok(());
     loop {
         while handling.len() < concurrency {
@@ -171,7 +175,9 @@ pub(super) async fn run(
                 }
             }
             Some(()) = settling.next(), if !settling.is_empty() => {}
+            () = &mut fetch_retry, if fetch_resting => fetch_resting = false,
             next = stream.next(), if fetching
+                && !fetch_resting
                 && queue.held() < max_held
                 && settling.len() < max_settling => match next {
                 // The subscription ended: handle what is held, then stop.
@@ -184,7 +190,8 @@ pub(super) async fn run(
                     tracing::warn!(error = %e, group = %state.group(), "fetching failed; retrying");
                     state.fetch_failed(&e);
                     state.record_failure(&e);
-                    tokio::time::sleep(backoff).await;
+                    fetch_retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                    fetch_resting = true;
                 }
             },
         }
