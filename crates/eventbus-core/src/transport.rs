@@ -2,7 +2,7 @@
 //!
 //! A backend maps its broker onto [`Publisher`] and [`Subscriber`] and declares its
 //! [`Guarantees`]; it holds no policy. Retries, dead letters, dispatch and ordering across
-//! workers live in the core's consumer runner.
+//! events handled at once live in the core's consumer runner.
 
 use std::borrow::Cow;
 use std::fmt;

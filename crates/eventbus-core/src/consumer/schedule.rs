@@ -14,7 +14,7 @@ pub(super) type KeyId = u64;
 pub(super) struct KeyQueue<T> {
     /// Keys with an event ready or being handled, each with the events parked behind it.
     busy: FastMap<KeyId, VecDeque<T>>,
-    /// Events that may be handled as soon as a worker is free, oldest first.
+    /// Events that may be handled as soon as there is room, oldest first.
     ready: VecDeque<(Option<KeyId>, T)>,
     /// Everything pushed and not yet done: ready, parked and being handled.
     held: usize,
