@@ -27,9 +27,10 @@ pub mod signal;
 pub mod telemetry;
 pub mod transport;
 
-/// A map on a per-event path whose keys are looked up, not chosen by an attacker to collide
-/// (event types, topic names, key hashes): foldhash instead of SipHash, several hundred
-/// instructions less per lookup of a long key.
+/// A map on a per-event path: foldhash, seeded at random per process, instead of SipHash, which
+/// spends several hundred instructions per lookup of a long key. Its keys come from messages at
+/// most (event types, key hashes) and the maps stay small (the routes, the events held), so keys
+/// crafted to collide cost little.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Re-exported for implementing [`consumer::Layer`] and [`producer::PublishLayer`].
