@@ -100,12 +100,16 @@ struct Reader {
 
 impl Reader {
     async fn next(&mut self) -> Option<Delivery> {
-        let m = Arc::clone(&self.membership);
+        let Reader {
+            membership: m,
+            taken,
+            ready,
+        } = self;
         loop {
             if m.closed.is_closed() {
                 return None;
             }
-            if let Some(delivery) = self.ready.pop_front() {
+            if let Some(delivery) = ready.pop_front() {
                 return Some(delivery);
             }
             let closing = m.closed.0 .1.notified();
@@ -120,17 +124,17 @@ impl Reader {
             let n = m.topics.len();
             for i in 0..n {
                 let (name, topic) = &m.topics[(i + rotate) % n];
-                if let Some(at) = topic.poll(&m.group, m.member, rotate, TAKE, &mut self.taken) {
+                if let Some(at) = topic.poll(&m.group, m.member, rotate, TAKE, taken) {
                     wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)));
                 }
-                for h in self.taken.drain(..) {
-                    self.ready.push_back(m.delivery(name, topic, h));
+                for h in taken.drain(..) {
+                    ready.push_back(m.delivery(name, topic, h));
                 }
-                if !self.ready.is_empty() {
+                if !ready.is_empty() {
                     break;
                 }
             }
-            if !self.ready.is_empty() {
+            if !ready.is_empty() {
                 continue;
             }
             let timer = async {
