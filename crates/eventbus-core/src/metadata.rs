@@ -75,7 +75,7 @@ impl EventMetadata {
             source_host: source_host.to_owned(),
             source_lib: SOURCE_LIB.to_owned(),
             time: Utc::now(),
-            spec_version: "1.0".to_owned(),
+            spec_version: CLOUDEVENTS_VERSION.to_owned(),
             content_type: String::new(),
         }
     }
@@ -170,7 +170,9 @@ impl EventMetadata {
             source_host: text(found.source_host),
             source_lib: text(found.source_lib),
             time,
-            spec_version: text_of(found.spec_version).unwrap_or("1.0").to_owned(),
+            spec_version: text_of(found.spec_version)
+                .unwrap_or(CLOUDEVENTS_VERSION)
+                .to_owned(),
             content_type: text(found.content_type),
         })
     }
@@ -255,28 +257,7 @@ pub(crate) struct Attributes<'a> {
     pub(crate) content_type: &'a str,
 }
 
-impl<'a> Attributes<'a> {
-    /// A new event's: a fresh id, now, this library's version.
-    pub(crate) fn fresh(
-        event_type: &'a str,
-        minor_version: u32,
-        source: &'a str,
-        source_host: &'a str,
-        content_type: &'a str,
-    ) -> Self {
-        Self {
-            id: Uuid::new_v4(),
-            event_type,
-            minor_version,
-            source,
-            source_host,
-            source_lib: SOURCE_LIB,
-            time: Utc::now(),
-            spec_version: "1.0",
-            content_type,
-        }
-    }
-
+impl Attributes<'_> {
     /// Writes them into `headers`, replacing earlier values.
     pub(crate) fn write_headers(&self, headers: &mut Headers) {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -298,8 +279,8 @@ impl<'a> Attributes<'a> {
                 minor_text.as_bytes()
             }
         };
-        // Every value goes into one buffer and each header holds a slice of it: one allocation
-        // per event instead of one per header.
+        // Every value goes into one buffer and each header holds a slice of it: one
+        // allocation per event instead of one per header.
         let values: [(&'static str, &[u8]); 9] = [
             (header::ID, id.as_bytes()),
             (header::TYPE, self.event_type.as_bytes()),
@@ -316,35 +297,116 @@ impl<'a> Attributes<'a> {
             buffer.extend_from_slice(value);
         }
         let buffer = Bytes::from(buffer);
-        // Into empty headers (the producer's case) without looking for values to replace.
-        let fresh = headers.is_empty();
-        let mut put = |name: &'static str, value: Bytes| {
-            if fresh {
-                headers.push_static(name, value);
-            } else {
-                headers.insert_static(name, value);
-            }
-        };
         let mut at = 0;
         for (name, value) in values {
-            put(name, buffer.slice(at..at + value.len()));
+            headers.insert_static(name, buffer.slice(at..at + value.len()));
             at += value.len();
         }
         // The content type, the last value, once more under its CloudEvents name.
         let content_type = self.content_type.len();
-        put(
+        headers.insert_static(
             header::DATA_CONTENT_TYPE,
             buffer.slice(at - content_type..at),
         );
     }
 }
 
+/// The attributes every event of one producer shares, each built once: a new event's headers
+/// hold reference-counted clones of them and static text, and copy only the event's own id and
+/// time. Publishing is where this shows: the headers were a third of a publish's cost.
+#[derive(Debug)]
+pub(crate) struct SharedAttributes {
+    source: Bytes,
+    source_host: Bytes,
+    content_type: &'static str,
+}
+
+impl SharedAttributes {
+    pub(crate) fn new(source: &str, source_host: &str, content_type: &'static str) -> Self {
+        Self {
+            source: Bytes::copy_from_slice(source.as_bytes()),
+            source_host: Bytes::copy_from_slice(source_host.as_bytes()),
+            content_type,
+        }
+    }
+
+    /// Writes a new event's attributes, a fresh id and now, into `headers`, which must not hold
+    /// any of them yet (they are appended, not replaced).
+    pub(crate) fn write_new(
+        &self,
+        event_type: &'static str,
+        minor_version: u32,
+        headers: &mut Headers,
+    ) {
+        self.write(
+            Uuid::new_v4(),
+            Utc::now(),
+            event_type,
+            minor_version,
+            headers,
+        );
+    }
+
+    /// The same headers, in the same order, as [`Attributes::write_headers`].
+    fn write(
+        &self,
+        id: Uuid,
+        time: DateTime<Utc>,
+        event_type: &'static str,
+        minor_version: u32,
+        headers: &mut Headers,
+    ) {
+        const ID: usize = uuid::fmt::Hyphenated::LENGTH;
+        // The id and the time share one allocation, each header a slice of it.
+        let mut own = [0u8; ID + TIME_LENGTH];
+        id.hyphenated().encode_lower(&mut own[..ID]);
+        let (id, time) = match time_ascii(&time) {
+            Some(ascii) => {
+                own[ID..].copy_from_slice(&ascii);
+                let own = Bytes::from_owner(own);
+                (own.slice(..ID), own.slice(ID..))
+            }
+            None => (
+                Bytes::copy_from_slice(&own[..ID]),
+                Bytes::from(time.to_rfc3339_opts(SecondsFormat::Micros, false)),
+            ),
+        };
+        let minor = match minor_version {
+            v @ 0..=9 => Bytes::from_static(std::slice::from_ref(&DIGITS[v as usize])),
+            v => Bytes::from(v.to_string()),
+        };
+        headers.push_static(header::ID, id);
+        headers.push_static(header::TYPE, Bytes::from_static(event_type.as_bytes()));
+        headers.push_static(header::SOURCE, self.source.clone());
+        headers.push_static(
+            header::SPEC_VERSION,
+            Bytes::from_static(CLOUDEVENTS_VERSION.as_bytes()),
+        );
+        headers.push_static(header::TIME, time);
+        headers.push_static(header::MINOR_VERSION, minor);
+        headers.push_static(header::SOURCE_HOST, self.source_host.clone());
+        headers.push_static(
+            header::SOURCE_LIB,
+            Bytes::from_static(SOURCE_LIB.as_bytes()),
+        );
+        let content_type = Bytes::from_static(self.content_type.as_bytes());
+        headers.push_static(header::CONTENT_TYPE, content_type.clone());
+        headers.push_static(header::DATA_CONTENT_TYPE, content_type);
+    }
+}
+
+/// The CloudEvents specification version Open edX writes.
+const CLOUDEVENTS_VERSION: &str = "1.0";
+
 /// `0`–`9`: small minor versions are a slice of this, not formatted text.
 const DIGITS: &[u8; 10] = b"0123456789";
 
+/// `2026-12-03T20:15:00.000000+00:00`
+const TIME_LENGTH: usize = 32;
+
 /// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
 /// years of other widths and leap seconds, which go through chrono.
-fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; 32]> {
+fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
     // Each field read from a `DateTime` converts it to local time again: read them from the
     // naive UTC value instead.
     let t = t.naive_utc();
@@ -394,20 +456,22 @@ mod tests {
 
     #[test]
     fn a_new_events_headers_are_those_of_its_metadata() {
-        for minor in [0, 9, 10, 4_000_000_000] {
-            let fresh = Attributes::fresh(
-                "org.example.a.v1",
-                minor,
-                "openedx/svc/web",
-                "host-1",
-                "application/avro",
-            );
+        // A year past 9999 takes chrono's formatting instead of the fixed-width one.
+        let far = DateTime::from_timestamp(300_000_000_000, 123_456_000).unwrap();
+        for (minor, time) in [
+            (0, Utc::now()),
+            (9, far),
+            (10, Utc::now()),
+            (4_000_000_000, far),
+        ] {
+            let shared = SharedAttributes::new("openedx/svc/web", "host-1", "application/avro");
+            let id = Uuid::new_v4();
             let mut written = Headers::new();
-            fresh.write_headers(&mut written);
+            shared.write(id, time, "org.example.a.v1", minor, &mut written);
             let mut meta =
                 EventMetadata::new("org.example.a.v1", minor, "openedx/svc/web", "host-1");
-            meta.id = fresh.id;
-            meta.time = fresh.time;
+            meta.id = id;
+            meta.time = time;
             meta.content_type = "application/avro".into();
             let mut expected = Headers::new();
             for (name, value) in [
@@ -424,7 +488,12 @@ mod tests {
             ] {
                 expected.append(name, value);
             }
-            assert_eq!(written, expected, "minor version {minor}");
+            assert_eq!(written, expected, "minor version {minor}, {time}");
+            if time == far {
+                // chrono's parser does not read five-digit years back; the writing is what
+                // this test is about.
+                continue;
+            }
             let back = EventMetadata::from_headers(&written).unwrap();
             assert_eq!(
                 (back.id, back.minor_version, back.time.timestamp_micros()),

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use apache_avro::types::Value;
 
@@ -22,6 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventSchema};
 
 mod avro_decode;
+mod avro_encode;
 pub mod key;
 
 pub use key::KeySchema;
@@ -277,16 +278,19 @@ impl SchemaStore {
 
 /// UUIDs must travel as strings (Open edX's mapping); apache-avro's serde bridge says
 /// "not human readable" by default, which makes `uuid` write 16 raw bytes. The setting is
-/// process-wide and can be set once, so set it before the first Avro use.
-fn avro_text_types() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if !apache_avro::util::set_serde_human_readable(true) {
+/// process-wide and can be set once, so set it before the first Avro use. Returns the setting
+/// in force, which the direct encoder must follow to write what apache-avro would.
+fn avro_text_types() -> bool {
+    static HUMAN_READABLE: OnceLock<bool> = OnceLock::new();
+    *HUMAN_READABLE.get_or_init(|| {
+        let set = apache_avro::util::set_serde_human_readable(true);
+        if !set {
             tracing::warn!(
                 "apache-avro was set to non-human-readable before eventbus used it; UUID fields will not encode as strings"
             );
         }
-    });
+        set
+    })
 }
 
 fn encode_datum<T: serde::Serialize + ?Sized>(
@@ -294,7 +298,7 @@ fn encode_datum<T: serde::Serialize + ?Sized>(
     ctx: &SchemaContext<'_>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    avro_text_types();
+    let human_readable = avro_text_types();
     let schema = ctx.schema.avro();
     let written = if ctx.schema.has_refs() {
         // The direct serde path cannot follow references to named types; go through a Value,
@@ -304,7 +308,16 @@ fn encode_datum<T: serde::Serialize + ?Sized>(
             .and_then(|v| apache_avro::to_avro_datum(schema, v))
             .map(|bytes| out.extend_from_slice(&bytes))
     } else {
-        apache_avro::write_avro_datum_ref(schema, &event, out).map(drop)
+        let start = out.len();
+        match avro_encode::to_datum(schema, event, human_readable, out) {
+            Ok(()) => Ok(()),
+            // A shape the direct encoder leaves to apache-avro, or a value that does not fit
+            // the schema: apache-avro writes it, or says what is wrong.
+            Err(avro_encode::Declined) => {
+                out.truncate(start);
+                apache_avro::write_avro_datum_ref(schema, &event, out).map(drop)
+            }
+        }
     };
     written.map_err(|e| {
         Error::new(

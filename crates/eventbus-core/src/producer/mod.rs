@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
-use crate::metadata::{source_for_service, Attributes, EventMetadata};
+use crate::metadata::{source_for_service, EventMetadata, SharedAttributes};
 use crate::schema_registry::SchemaIds;
 use crate::serializer::{encode_event, KeyContext, Serializer};
 use crate::transport::{Headers, Message, Position, Publisher};
@@ -65,6 +65,8 @@ pub struct Producer {
     schema_ids: Option<SchemaIds>,
     layers: Arc<[Arc<dyn PublishLayer>]>,
     backend: &'static str,
+    /// The settings' attributes as header values, built once.
+    attributes: Arc<SharedAttributes>,
 }
 
 /// What [`Producer::send_with`] adds to an event: a key of the caller's choice and headers.
@@ -115,9 +117,15 @@ impl Producer {
         serializer: Arc<dyn Serializer>,
         settings: ProducerSettings,
     ) -> Self {
+        let attributes = SharedAttributes::new(
+            &settings.source,
+            &settings.source_host,
+            serializer.content_type(),
+        );
         Self {
             publisher,
             serializer,
+            attributes: Arc::new(attributes),
             settings: Arc::new(settings),
             schema_ids: None,
             layers: ProducerStack::defaults().into_layers(),
@@ -276,18 +284,12 @@ impl Producer {
     }
 
     /// A new event keyed by its own key field. Its attributes go from the settings into the
-    /// headers: an [`EventMetadata`] would first copy each into a `String` of its own.
+    /// headers, shared: an [`EventMetadata`] would first copy each into a `String` of its own.
     fn encode_new<E: Event>(&self, full_topic: &str, event: &E) -> Result<Message> {
         let key = self.encode_key::<E>(full_topic, event.key().as_deref(), E::KEY_FIELD)?;
         let mut message = self.encode_payload(full_topic, event, key)?;
-        Attributes::fresh(
-            E::EVENT_TYPE,
-            E::MINOR_VERSION,
-            &self.settings.source,
-            &self.settings.source_host,
-            self.serializer.content_type(),
-        )
-        .write_headers(&mut message.headers);
+        self.attributes
+            .write_new(E::EVENT_TYPE, E::MINOR_VERSION, &mut message.headers);
         Ok(message)
     }
 
