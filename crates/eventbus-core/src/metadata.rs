@@ -279,8 +279,8 @@ impl Attributes<'_> {
                 minor_text.as_bytes()
             }
         };
-        // Every value goes into one buffer and each header holds a slice of it: one
-        // allocation per event instead of one per header.
+        // Every value goes into one buffer and each header holds a slice of it: one allocation
+        // per event instead of one per header.
         let values: [(&'static str, &[u8]); 9] = [
             (header::ID, id.as_bytes()),
             (header::TYPE, self.event_type.as_bytes()),
