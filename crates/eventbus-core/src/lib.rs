@@ -57,7 +57,7 @@ pub use telemetry::TraceContext;
 pub use transport::ack_batch::AckBatching;
 pub use transport::{
     Acknowledge, Delivery, DeliveryStream, Guarantees, Headers, Message, Position, Publisher,
-    StartPosition, Subscriber, Subscription, Transport,
+    Settlement, StartPosition, Subscriber, Subscription, Transport,
 };
 
 /// Re-exports used by the derive macros and by backend registration; not a stable API.

@@ -6,8 +6,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -289,12 +291,70 @@ impl Subscription {
 }
 
 /// Acknowledges one delivery to its broker. Implemented by backends.
-#[async_trait]
+///
+/// The methods return a [`Settlement`] rather than being `async`: most backends settle without
+/// waiting (they record an offset or queue a command) and say so with [`Settlement::done`],
+/// which spares the consumer a boxed future per event; a backend that waits for its broker's
+/// answer returns [`Settlement::waiting`].
 pub trait Acknowledge: Send + Sync + fmt::Debug {
     /// Marks the message processed.
-    async fn ack(self: Box<Self>) -> Result<()>;
+    fn ack(self: Box<Self>) -> Settlement;
     /// Asks for the message again after `delay`.
-    async fn nack(self: Box<Self>, delay: Duration) -> Result<()>;
+    fn nack(self: Box<Self>, delay: Duration) -> Settlement;
+}
+
+/// How an acknowledgement ends: already settled, or once the broker answers. A future of the
+/// result either way.
+#[must_use = "a settlement does nothing until awaited"]
+pub struct Settlement(SettlementState);
+
+enum SettlementState {
+    Done(Option<Result<()>>),
+    Waiting(BoxFuture<'static, Result<()>>),
+}
+
+impl Settlement {
+    /// Settled already, with this result.
+    pub fn done(result: Result<()>) -> Self {
+        Self(SettlementState::Done(Some(result)))
+    }
+
+    /// Settled when `answer` completes (the broker confirmed, say).
+    pub fn waiting(answer: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Self(SettlementState::Waiting(Box::pin(answer)))
+    }
+}
+
+impl From<Result<()>> for Settlement {
+    fn from(result: Result<()>) -> Self {
+        Self::done(result)
+    }
+}
+
+impl fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            SettlementState::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            SettlementState::Waiting(_) => f.write_str("Waiting"),
+        }
+    }
+}
+
+impl Future for Settlement {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Result<()>> {
+        match &mut self.0 {
+            SettlementState::Done(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Ready(Err(Error::new(
+                    ErrorKind::Closed,
+                    "the settlement was awaited again after it completed",
+                ))),
+            },
+            SettlementState::Waiting(answer) => answer.as_mut().poll(cx),
+        }
+    }
 }
 
 /// A message received from a subscription, with where it came from and how to acknowledge it.
@@ -362,14 +422,13 @@ impl Delivery {
     }
 
     /// An ack (`None`) or a nack after the delay: one future type for both, so the consumer
-    /// runner keeps its settlements in one set. The acknowledger's future is made now, so what
-    /// the runner holds while the broker answers is that boxed future and no copy of the
-    /// delivery.
-    pub(crate) fn settle(mut self, nack: Option<Duration>) -> BoxFuture<'static, Result<()>> {
+    /// runner keeps its settlements in one set. The acknowledger's settlement is made now, so
+    /// what the runner holds while the broker answers is that and no copy of the delivery.
+    pub(crate) fn settle(mut self, nack: Option<Duration>) -> Settlement {
         match (self.take_acker(), nack) {
             (Ok(acker), None) => acker.ack(),
             (Ok(acker), Some(delay)) => acker.nack(delay),
-            (Err(e), _) => Box::pin(std::future::ready(Err(e))),
+            (Err(e), _) => Settlement::done(Err(e)),
         }
     }
 }
@@ -388,7 +447,7 @@ impl Drop for Delivery {
         // Most backends settle without I/O (a command to their reader task): do it now, so the
         // message is back before the drop returns; otherwise finish on the runtime.
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        if let std::task::Poll::Ready(result) = nack.as_mut().poll(&mut cx) {
+        if let Poll::Ready(result) = Pin::new(&mut nack).poll(&mut cx) {
             log_dropped_nack(result, &self.topic, &self.position);
             return;
         }

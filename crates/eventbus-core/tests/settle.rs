@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use eventbus_core::{
     async_trait, Acknowledge, Bus, BusConfig, ConsumerHandle, Delivery, DeliveryStream, Envelope,
-    Error, ErrorKind, Event, Result, SerializerKind, Subscriber, Subscription, Transport,
+    Error, ErrorKind, Event, Result, SerializerKind, Settlement, Subscriber, Subscription,
+    Transport,
 };
 use eventbus_testkit::memory::MemoryBroker;
 use futures::StreamExt;
@@ -24,14 +25,15 @@ struct Tick {
 #[derive(Debug)]
 struct LostAnswer(Delivery);
 
-#[async_trait]
 impl Acknowledge for LostAnswer {
-    async fn ack(self: Box<Self>) -> Result<()> {
-        self.0.ack().await?;
-        Err(Error::new(ErrorKind::Connection, "broken pipe while acknowledging").temporary())
+    fn ack(self: Box<Self>) -> Settlement {
+        Settlement::waiting(async move {
+            self.0.ack().await?;
+            Err(Error::new(ErrorKind::Connection, "broken pipe while acknowledging").temporary())
+        })
     }
-    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
-        self.0.nack(delay).await
+    fn nack(self: Box<Self>, delay: Duration) -> Settlement {
+        Settlement::waiting(async move { self.0.nack(delay).await })
     }
 }
 

@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use eventbus_core::transport::departures::{GroupKey, Membership};
 use eventbus_core::transport::{reconnect_delay, Acknowledge};
-use eventbus_core::{Delivery, DeliveryStream, Error, ErrorKind, Position, Result};
+use eventbus_core::{Delivery, DeliveryStream, Error, ErrorKind, Position, Result, Settlement};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use pulsar::consumer::Message as PulsarMessage;
@@ -322,15 +321,14 @@ impl std::fmt::Debug for Acker {
     }
 }
 
-#[async_trait]
 impl Acknowledge for Acker {
-    async fn ack(self: Box<Self>) -> Result<()> {
-        self.member.ack(self.target)
+    fn ack(self: Box<Self>) -> Settlement {
+        Settlement::done(self.member.ack(self.target))
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
+    fn nack(self: Box<Self>, delay: Duration) -> Settlement {
         if delay.is_zero() {
-            return self.member.nack(self.target);
+            return Settlement::done(self.member.nack(self.target));
         }
         // Pulsar's nack redelivers at once (or after the consumer-wide delay); the message
         // stays unacknowledged here until its own delay is over.
@@ -340,6 +338,6 @@ impl Acknowledge for Acker {
                 tracing::warn!(error = %e, "a delayed nack did not go out");
             }
         });
-        Ok(())
+        Settlement::done(Ok(()))
     }
 }

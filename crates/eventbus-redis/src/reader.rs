@@ -10,10 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventbus_core::{
-    Acknowledge, Delivery, DeliveryStream, ErrorKind, Position, Result, Subscription,
+    Acknowledge, Delivery, DeliveryStream, ErrorKind, Position, Result, Settlement, Subscription,
 };
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -438,20 +437,22 @@ struct EntryAck {
     attempt: u32,
 }
 
-#[async_trait]
 impl Acknowledge for EntryAck {
-    async fn ack(self: Box<Self>) -> Result<()> {
+    fn ack(self: Box<Self>) -> Settlement {
         let EntryAck {
             shared, stream, id, ..
         } = *self;
-        let acked = shared.acks.ack((stream.clone(), id.clone())).await;
-        // Released either way: after a failed XACK the entry is still pending, and a claim round
-        // must be free to deliver it again once it has been idle long enough.
-        shared.release(&stream, &id);
-        acked.map_err(|e| e.with("stream", &stream).with("id", &id))
+        // Waits for the batch's `XACK`: the ack is done only once Redis has it.
+        Settlement::waiting(async move {
+            let acked = shared.acks.ack((stream.clone(), id.clone())).await;
+            // Released either way: after a failed XACK the entry is still pending, and a claim
+            // round must be free to deliver it again once it has been idle long enough.
+            shared.release(&stream, &id);
+            acked.map_err(|e| e.with("stream", &stream).with("id", &id))
+        })
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
+    fn nack(self: Box<Self>, delay: Duration) -> Settlement {
         let EntryAck {
             shared,
             stream,
@@ -462,7 +463,7 @@ impl Acknowledge for EntryAck {
             tokio::time::sleep(delay).await;
             shared.redeliver(stream, id, attempt).await;
         });
-        Ok(())
+        Settlement::done(Ok(()))
     }
 }
 

@@ -376,7 +376,7 @@ mod tests {
         }
         assert_eq!(
             output_size(|shared, delivery| shared.settle(delivery, Outcome::Handled)),
-            std::mem::size_of::<futures::future::BoxFuture<'static, Result<()>>>()
+            std::mem::size_of::<crate::transport::Settlement>()
         );
     }
 }

@@ -8,7 +8,7 @@
 //! retrying key stalls every key that shares its partition. A nacked message stays out (its key
 //! busy) until the backend hands it out again and it is acknowledged.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// A key as the window tells keys apart: FNV-1a of its bytes. Keys that share a hash are merely
 /// handed out one after the other.
@@ -30,6 +30,7 @@ enum State {
 
 #[derive(Debug)]
 struct Slot<T> {
+    offset: i64,
     key: Option<u64>,
     state: State,
     item: T,
@@ -38,7 +39,11 @@ struct Slot<T> {
 /// One partition's messages from the committed offset on: held, out and acknowledged.
 #[derive(Debug)]
 pub struct PartitionWindow<T> {
-    slots: BTreeMap<i64, Slot<T>>,
+    /// In offset order, oldest first. Offsets come in increasing order and leave from the
+    /// front, so a deque with a binary search serves every lookup without the allocation per
+    /// message of a tree; offsets may have gaps (a compacted Kafka topic), so they are searched
+    /// for rather than computed.
+    slots: VecDeque<Slot<T>>,
     /// Keys with a message out, each with the offsets of its later messages.
     busy: crate::FastMap<u64, VecDeque<i64>>,
     /// Offsets that may be handed out now, oldest first.
@@ -57,24 +62,33 @@ impl<T> PartitionWindow<T> {
     /// [`has_room`]: PartitionWindow::has_room
     pub fn new(limit: usize) -> Self {
         Self {
-            slots: BTreeMap::new(),
+            slots: VecDeque::new(),
             busy: crate::FastMap::default(),
             ready: VecDeque::new(),
             limit: limit.max(1),
         }
     }
 
-    /// Takes the next message read from the partition; offsets must come in increasing order.
+    /// Takes the next message read from the partition. Offsets come in increasing order; one
+    /// the window already holds (the client read it again) is ignored, and an older one is
+    /// filed in its place.
     pub fn push(&mut self, offset: i64, key: Option<&[u8]>, item: T) {
         let key = key.map(key_id);
-        self.slots.insert(
+        let slot = Slot {
             offset,
-            Slot {
-                key,
-                state: State::Held,
-                item,
-            },
-        );
+            key,
+            state: State::Held,
+            item,
+        };
+        match self.slots.back() {
+            Some(last) if last.offset >= offset => {
+                match self.slots.binary_search_by_key(&offset, |s| s.offset) {
+                    Ok(_) => return,
+                    Err(at) => self.slots.insert(at, slot),
+                }
+            }
+            _ => self.slots.push_back(slot),
+        }
         match key {
             Some(k) => match self.busy.get_mut(&k) {
                 Some(behind) => behind.push_back(offset),
@@ -105,15 +119,22 @@ impl<T> PartitionWindow<T> {
     /// The oldest message that may be handed out now (its key has nothing out), marked out.
     pub fn next_ready(&mut self) -> Option<(i64, &mut T)> {
         let offset = self.ready.pop_front()?;
-        let slot = self.slots.get_mut(&offset)?;
+        let slot = self.slot_mut(offset)?;
         slot.state = State::Out;
         Some((offset, &mut slot.item))
     }
 
+    fn slot_mut(&mut self, offset: i64) -> Option<&mut Slot<T>> {
+        let at = self
+            .slots
+            .binary_search_by_key(&offset, |s| s.offset)
+            .ok()?;
+        self.slots.get_mut(at)
+    }
+
     /// A message that is out, to hand it out again after a nack.
     pub fn out_mut(&mut self, offset: i64) -> Option<&mut T> {
-        self.slots
-            .get_mut(&offset)
+        self.slot_mut(offset)
             .filter(|s| s.state == State::Out)
             .map(|s| &mut s.item)
     }
@@ -122,16 +143,15 @@ impl<T> PartitionWindow<T> {
     pub fn iter_out_mut(&mut self) -> impl Iterator<Item = (i64, &mut T)> {
         self.slots
             .iter_mut()
-            .filter(|(_, s)| s.state == State::Out)
-            .map(|(o, s)| (*o, &mut s.item))
+            .filter(|s| s.state == State::Out)
+            .map(|s| (s.offset, &mut s.item))
     }
 
     /// Acknowledges `offset`: its key's next message becomes ready. Returns the offset to commit
     /// (the next one to read after the acknowledged prefix) when that prefix grew.
     pub fn ack(&mut self, offset: i64) -> Result<Option<i64>, NotOut> {
         let slot = self
-            .slots
-            .get_mut(&offset)
+            .slot_mut(offset)
             .filter(|s| s.state == State::Out)
             .ok_or(NotOut(offset))?;
         slot.state = State::Acked;
@@ -144,12 +164,12 @@ impl<T> PartitionWindow<T> {
             }
         }
         let mut commit = None;
-        while let Some(entry) = self.slots.first_entry() {
-            if entry.get().state != State::Acked {
+        while let Some(first) = self.slots.front() {
+            if first.state != State::Acked {
                 break;
             }
-            commit = Some(*entry.key() + 1);
-            entry.remove();
+            commit = Some(first.offset + 1);
+            self.slots.pop_front();
         }
         Ok(commit)
     }
@@ -223,6 +243,36 @@ mod tests {
         assert!(w.has_room());
         w.clear();
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn offsets_read_again_or_out_of_order_keep_the_window_sound() {
+        let mut w = PartitionWindow::new(100);
+        w.push(10, Some(b"a"), "first");
+        w.push(30, Some(b"b"), "m");
+        w.push(10, Some(b"a"), "again");
+        w.push(20, None, "late");
+        assert_eq!(w.len(), 3, "the offset read again is not held twice");
+        assert_eq!(w.next_ready().map(|(o, m)| (o, *m)), Some((10, "first")));
+        assert_eq!(ready(&mut w), [30, 20]);
+        assert_eq!(w.ack(20), Ok(None));
+        assert_eq!(w.ack(10), Ok(Some(21)));
+        assert_eq!(w.ack(30), Ok(Some(31)));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn gaps_between_offsets_are_fine() {
+        let mut w = PartitionWindow::new(100);
+        for offset in [3, 7, 1_000_000] {
+            w.push(offset, None, "m");
+        }
+        assert_eq!(ready(&mut w), [3, 7, 1_000_000]);
+        assert_eq!(w.ack(7), Ok(None));
+        assert!(w.out_mut(1_000_000).is_some());
+        assert!(w.out_mut(5).is_none());
+        assert_eq!(w.ack(3), Ok(Some(8)));
+        assert_eq!(w.ack(1_000_000), Ok(Some(1_000_001)));
     }
 
     fn ready_unit(w: &mut PartitionWindow<()>) -> Vec<i64> {

@@ -23,11 +23,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::DateTime;
 use eventbus_core::transport::departures::Membership;
 use eventbus_core::transport::window::PartitionWindow;
-use eventbus_core::{Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result};
+use eventbus_core::{
+    Acknowledge, Delivery, Error, ErrorKind, Headers, Message, Position, Result, Settlement,
+};
 use futures::task::AtomicWaker;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -604,22 +605,25 @@ impl OffsetAck {
     }
 }
 
-#[async_trait]
 impl Acknowledge for OffsetAck {
-    async fn ack(self: Box<Self>) -> Result<()> {
-        let shared = self.shared()?;
-        shared.acknowledge(&self.partition, self.epoch, self.offset)
+    fn ack(self: Box<Self>) -> Settlement {
+        Settlement::done(
+            self.shared()
+                .and_then(|shared| shared.acknowledge(&self.partition, self.epoch, self.offset)),
+        )
     }
 
-    async fn nack(self: Box<Self>, delay: Duration) -> Result<()> {
+    fn nack(self: Box<Self>, delay: Duration) -> Settlement {
         // Checked now, so that a closed subscription says so to the caller.
-        drop(self.shared()?);
+        if let Err(e) = self.shared() {
+            return Settlement::done(Err(e));
+        }
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if let Ok(shared) = self.shared() {
                 shared.redeliver(&self.partition, self.epoch, self.offset);
             }
         });
-        Ok(())
+        Settlement::done(Ok(()))
     }
 }

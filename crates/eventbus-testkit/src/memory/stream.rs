@@ -1,12 +1,19 @@
 //! A member's delivery stream and the acknowledgement of what it hands out.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use eventbus_core::{Acknowledge, Delivery, DeliveryStream, Position, Result, Subscription};
+use eventbus_core::{
+    Acknowledge, Delivery, DeliveryStream, Position, Result, Settlement, Subscription,
+};
+use futures::future::BoxFuture;
+use futures::Stream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::broker::{Handout, MemoryBroker, Topic};
 
@@ -74,15 +81,9 @@ pub(crate) fn open(
     let reader = Reader {
         membership: Arc::new(membership),
         taken: Vec::new(),
-        ready: std::collections::VecDeque::new(),
+        ready: VecDeque::new(),
     };
-    Ok(Box::pin(futures::stream::unfold(
-        reader,
-        |mut reader| async move {
-            let delivery = reader.next().await?;
-            Some((Ok(delivery), reader))
-        },
-    )))
+    Ok(Box::pin(MemoryStream::Reading(reader)))
 }
 
 /// Messages taken from the broker at once, then handed out one by one.
@@ -95,60 +96,111 @@ struct Reader {
     taken: Vec<Handout>,
     /// Taken and not handed out yet. Dropped with the stream, they are nacked like any
     /// delivery that is dropped.
-    ready: std::collections::VecDeque<Delivery>,
+    ready: VecDeque<Delivery>,
+}
+
+/// A delivery stream: hands out what it holds, takes more from the broker, and only when there
+/// is nothing to take waits for a wake-up. Written out rather than as an `unfold`, which made
+/// and moved a future per delivery.
+enum MemoryStream {
+    Reading(Reader),
+    /// Nothing to take: the reader waits for new messages, an ack, a nack falling due or close.
+    Waiting(BoxFuture<'static, Option<Reader>>),
+    Closed,
+}
+
+impl Stream for MemoryStream {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match std::mem::replace(&mut *self, MemoryStream::Closed) {
+                MemoryStream::Closed => return Poll::Ready(None),
+                MemoryStream::Reading(mut reader) => {
+                    if reader.membership.closed.is_closed() {
+                        return Poll::Ready(None);
+                    }
+                    if let Some(delivery) = reader.ready.pop_front() {
+                        *self = MemoryStream::Reading(reader);
+                        return Poll::Ready(Some(Ok(delivery)));
+                    }
+                    *self = match reader.take() {
+                        Taken::Some => MemoryStream::Reading(reader),
+                        Taken::None { wake_at } => {
+                            MemoryStream::Waiting(Box::pin(reader.wait(wake_at)))
+                        }
+                    };
+                }
+                MemoryStream::Waiting(mut waiting) => match waiting.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        *self = MemoryStream::Waiting(waiting);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(reader)) => *self = MemoryStream::Reading(reader),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                },
+            }
+        }
+    }
+}
+
+/// What one round of taking from the broker gave.
+enum Taken {
+    Some,
+    /// Nothing; a nacked message falls due at `wake_at`, if any.
+    None { wake_at: Option<Instant> },
 }
 
 impl Reader {
-    async fn next(&mut self) -> Option<Delivery> {
+    /// Takes what the member's partitions have ready, into `ready`.
+    fn take(&mut self) -> Taken {
         let Reader {
             membership: m,
             taken,
             ready,
         } = self;
-        loop {
-            if m.closed.is_closed() {
-                return None;
+        // Rotate the starting topic and partition so that no partition starves the others.
+        let rotate = m.rotate.fetch_add(1, Ordering::Relaxed);
+        let mut wake_at = None;
+        let n = m.topics.len();
+        for i in 0..n {
+            let (name, topic) = &m.topics[(i + rotate) % n];
+            if let Some(at) = topic.poll(&m.group, m.member, rotate, TAKE, taken) {
+                wake_at = Some(wake_at.map_or(at, |w: Instant| w.min(at)));
             }
-            if let Some(delivery) = ready.pop_front() {
-                return Some(delivery);
-            }
-            let closing = m.closed.0 .1.notified();
-            tokio::pin!(closing);
-            closing.as_mut().enable();
-            if m.closed.is_closed() {
-                return None;
-            }
-            // Rotate the starting topic and partition so that no partition starves the others.
-            let rotate = m.rotate.fetch_add(1, Ordering::Relaxed);
-            let mut wake_at = None;
-            let n = m.topics.len();
-            for i in 0..n {
-                let (name, topic) = &m.topics[(i + rotate) % n];
-                if let Some(at) = topic.poll(&m.group, m.member, rotate, TAKE, taken) {
-                    wake_at = Some(wake_at.map_or(at, |w: tokio::time::Instant| w.min(at)));
-                }
-                for h in taken.drain(..) {
-                    ready.push_back(m.delivery(name, topic, h));
-                }
-                if !ready.is_empty() {
-                    break;
-                }
+            for h in taken.drain(..) {
+                ready.push_back(m.delivery(name, topic, h));
             }
             if !ready.is_empty() {
-                continue;
+                return Taken::Some;
             }
+        }
+        Taken::None { wake_at }
+    }
+
+    /// Waits until there may be something to take; `None` once the subscriber closes.
+    async fn wait(self, wake_at: Option<Instant>) -> Option<Reader> {
+        let open = {
+            let m = &self.membership;
+            let closing = m.closed.0 .1.notified();
+            tokio::pin!(closing);
+            // Enabled before the flag is read, so that a close in between still wakes it.
+            closing.as_mut().enable();
             let timer = async {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = m.wake.notified() => {}
-                () = timer => {}
-                () = closing => return None,
-            }
-        }
+            // The wake-up is a permit: one given since the last take is not lost.
+            !m.closed.is_closed()
+                && tokio::select! {
+                    () = m.wake.notified() => true,
+                    () = timer => true,
+                    () = closing => false,
+                }
+        };
+        open.then_some(self)
     }
 }
 
@@ -188,14 +240,13 @@ impl MemoryAck {
     }
 }
 
-#[async_trait]
 impl Acknowledge for MemoryAck {
-    async fn ack(mut self: Box<Self>) -> Result<()> {
-        self.settle(None)
+    fn ack(mut self: Box<Self>) -> Settlement {
+        Settlement::done(self.settle(None))
     }
 
-    async fn nack(mut self: Box<Self>, delay: Duration) -> Result<()> {
-        self.settle(Some(delay))
+    fn nack(mut self: Box<Self>, delay: Duration) -> Settlement {
+        Settlement::done(self.settle(Some(delay)))
     }
 }
 
