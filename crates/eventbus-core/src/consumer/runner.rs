@@ -10,10 +10,11 @@
 //! parallel on several threads: a receiver with much CPU work to do hands it to
 //! `tokio::task::spawn_blocking` (or the application runs more consumers in the group).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -28,6 +29,9 @@ use super::Consumer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
 use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
+
+/// A finished event: its key, and its delivery and outcome unless a layer panicked.
+type Handled = (Option<KeyId>, Option<(Delivery, Outcome)>);
 
 /// Settlements on their way to the broker, per unit of concurrency, before the consumer stops
 /// fetching until the broker answers some: handling goes on while the broker confirms, so that
@@ -169,31 +173,66 @@ pub(super) async fn run(
                 break;
             }
             Some((key, handled)) = handling.next(), if !handling.is_empty() => {
-                queue.done(key);
-                if let Some((delivery, outcome)) = handled {
-                    settle_or_keep(&mut settling, shared.settle(delivery, outcome));
-                }
+                let mut finish = |(key, handled): Handled| {
+                    queue.done(key);
+                    if let Some((delivery, outcome)) = handled {
+                        settle_or_keep(&mut settling, shared.settle(delivery, outcome));
+                    }
+                };
+                finish((key, handled));
+                // The others done by now are taken in the same turn: the select's checks of
+                // shutdown and failure are paid once a turn rather than once an event.
+                poll_fn(|cx| {
+                    while let Poll::Ready(Some(done)) = handling.poll_next_unpin(cx) {
+                        finish(done);
+                    }
+                    Poll::Ready(())
+                })
+                .await;
             }
             Some(()) = settling.next(), if !settling.is_empty() => {}
             () = &mut fetch_retry, if fetch_resting => fetch_resting = false,
             next = stream.next(), if fetching
                 && !fetch_resting
                 && queue.held() < max_held
-                && settling.len() < max_settling => match next {
-                // The subscription ended: handle what is held, then stop.
-                None => fetching = false,
-                Some(Ok(delivery)) => {
-                    let key = delivery.message.key.as_ref().map(|k| hasher.hash_one(k));
-                    queue.push(key, delivery);
+                && settling.len() < max_settling => {
+                // Settlements do not change while fetching: read once, and no borrow of the set
+                // is held across the await below (a kept settlement need not be `Sync`).
+                let settling_room = settling.len() < max_settling;
+                // Whether to go on taking from the stream in this turn.
+                let mut fetched = |next: Option<Result<Delivery>>| match next {
+                    // The subscription ended: handle what is held, then stop.
+                    None => {
+                        fetching = false;
+                        false
+                    }
+                    Some(Ok(delivery)) => {
+                        let key = delivery.message.key.as_ref().map(|k| hasher.hash_one(k));
+                        queue.push(key, delivery);
+                        settling_room && queue.held() < max_held
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, group = %state.group(), "fetching failed; retrying");
+                        state.fetch_failed(&e);
+                        state.record_failure(&e);
+                        fetch_retry.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        fetch_resting = true;
+                        false
+                    }
+                };
+                // What the stream has ready is taken in the same turn too, within the bounds.
+                if fetched(next) {
+                    poll_fn(|cx| {
+                        while let Poll::Ready(next) = stream.poll_next_unpin(cx) {
+                            if !fetched(next) {
+                                break;
+                            }
+                        }
+                        Poll::Ready(())
+                    })
+                    .await;
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, group = %state.group(), "fetching failed; retrying");
-                    state.fetch_failed(&e);
-                    state.record_failure(&e);
-                    fetch_retry.as_mut().reset(tokio::time::Instant::now() + backoff);
-                    fetch_resting = true;
-                }
-            },
+            }
         }
     }
 

@@ -125,10 +125,17 @@ impl<T> PartitionWindow<T> {
     }
 
     fn slot_mut(&mut self, offset: i64) -> Option<&mut Slot<T>> {
-        let at = self
-            .slots
-            .binary_search_by_key(&offset, |s| s.offset)
-            .ok()?;
+        let first = self.slots.front()?.offset;
+        // Offsets are most often consecutive, which puts each at its distance from the first;
+        // a gap sends the lookup to a binary search.
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        let at = match self.slots.get(guess) {
+            Some(slot) if slot.offset == offset => guess,
+            _ => self
+                .slots
+                .binary_search_by_key(&offset, |s| s.offset)
+                .ok()?,
+        };
         self.slots.get_mut(at)
     }
 
