@@ -364,8 +364,9 @@ impl Future for Settlement {
 /// holding it until a rebalance. Backends need not handle this themselves.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The full topic it was read from.
-    pub topic: String,
+    /// The full topic it was read from. Shared: a backend hands every delivery of a topic a
+    /// clone of one name rather than a copy of it.
+    pub topic: Arc<str>,
     /// The message.
     pub message: Message,
     /// Its place in the topic.
@@ -378,9 +379,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Assembles a delivery. Used by backends.
+    /// Assembles a delivery. Used by backends, which pass the topic as an `Arc<str>` they keep
+    /// (a `&str` or `String` works too, at the cost of a copy per delivery).
     pub fn new(
-        topic: impl Into<String>,
+        topic: impl Into<Arc<str>>,
         message: Message,
         position: Position,
         attempt: u32,
@@ -451,7 +453,7 @@ impl Drop for Delivery {
             log_dropped_nack(result, &self.topic, &self.position);
             return;
         }
-        let (topic, position) = (self.topic.clone(), self.position.clone());
+        let (topic, position) = (Arc::clone(&self.topic), self.position.clone());
         runtime.spawn(async move { log_dropped_nack(nack.await, &topic, &position) });
     }
 }

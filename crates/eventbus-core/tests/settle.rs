@@ -90,7 +90,7 @@ fn losing_answers(stream: DeliveryStream) -> DeliveryStream {
                     d.position.clone(),
                     d.attempt,
                 );
-                Delivery::new(&topic, message, position, attempt, Box::new(LostAnswer(d)))
+                Delivery::new(topic, message, position, attempt, Box::new(LostAnswer(d)))
             })
         })
         .boxed()

@@ -37,7 +37,7 @@ pub(crate) fn start(
         let member = Arc::new(Member {
             consumer: Mutex::new(Some(consumer)),
             nacks: Mutex::default(),
-            name,
+            name: Arc::from(name),
             membership: Membership::new(key),
             settings: settings.clone(),
         });
@@ -74,8 +74,8 @@ struct Member {
     // The client does not pass on the broker's redelivery count, so the member counts the
     // nacks it sent itself: a message nacked twice comes back as attempt 3.
     nacks: Mutex<HashMap<(String, String), u32>>,
-    /// The topic as the application named it.
-    name: String,
+    /// The topic as the application named it, shared with each delivery.
+    name: Arc<str>,
     membership: Membership,
     settings: Arc<PulsarSettings>,
 }
@@ -225,7 +225,13 @@ impl TopicStream {
             target,
             member: Arc::clone(&self.member),
         };
-        let delivery = Delivery::new(&self.member.name, body, position, attempt, Box::new(acker));
+        let delivery = Delivery::new(
+            Arc::clone(&self.member.name),
+            body,
+            position,
+            attempt,
+            Box::new(acker),
+        );
         let published_at = i64::try_from(publish_time)
             .ok()
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single());

@@ -38,6 +38,8 @@ struct Shared {
     conn: ConnectionManager,
     group: String,
     consumer: String,
+    /// The subscription's streams, each name shared with its deliveries.
+    names: Vec<Arc<str>>,
     /// Entries delivered and not yet acknowledged, by stream and id: the reader never claims
     /// these from itself, and a nack's redelivery keeps its entry here.
     held: Mutex<HashMap<String, HashSet<String>>>,
@@ -81,6 +83,7 @@ impl Reader {
             conn,
             group: subscription.group,
             consumer: subscription.consumer,
+            names: subscription.topics.iter().map(|t| Arc::from(t.as_str())).collect(),
             held: Mutex::new(HashMap::new()),
             deliveries: tx.downgrade(),
             closed,
@@ -354,10 +357,20 @@ impl Shared {
     async fn deliver(self: &Arc<Self>, tx: &Sender, stream: &str, entry: Entry, attempt: usize) {
         let published_at = published_at(&entry.id);
         let message = entry::from_fields(stream, &entry.id, entry.fields);
-        self.held()
-            .entry(stream.to_owned())
-            .or_default()
-            .insert(entry.id.clone());
+        {
+            let mut held = self.held();
+            match held.get_mut(stream) {
+                Some(ids) => ids.insert(entry.id.clone()),
+                None => held
+                    .entry(stream.to_owned())
+                    .or_default()
+                    .insert(entry.id.clone()),
+            };
+        }
+        let name = match self.names.iter().find(|n| ***n == *stream) {
+            Some(name) => Arc::clone(name),
+            None => Arc::from(stream),
+        };
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         let acker = Box::new(EntryAck {
             shared: self.clone(),
@@ -366,7 +379,7 @@ impl Shared {
             attempt,
         });
         let mut delivery = Delivery::new(
-            stream,
+            name,
             message,
             Position::StreamId(entry.id),
             attempt,

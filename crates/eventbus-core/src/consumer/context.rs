@@ -18,7 +18,7 @@ use crate::transport::{Delivery, Headers, Message, Position};
 /// and publish time. Typed receivers reach it through [`Envelope::delivery`](crate::Envelope::delivery),
 /// raw receivers get it as their argument.
 pub struct DeliveryInfo {
-    topic: String,
+    topic: Arc<str>,
     message: Message,
     position: Position,
     attempt: AtomicU32,
@@ -39,7 +39,7 @@ impl DeliveryInfo {
         serializer: Arc<dyn Serializer>,
     ) -> Self {
         Self {
-            topic: std::mem::take(&mut delivery.topic),
+            topic: Arc::clone(&delivery.topic),
             message: std::mem::take(&mut delivery.message),
             position: delivery.position.clone(),
             attempt: AtomicU32::new(delivery.attempt.max(1)),
@@ -156,7 +156,7 @@ impl DeliveryInfo {
 impl Clone for DeliveryInfo {
     fn clone(&self) -> Self {
         Self {
-            topic: self.topic.clone(),
+            topic: Arc::clone(&self.topic),
             message: self.message.clone(),
             position: self.position.clone(),
             attempt: AtomicU32::new(self.attempt()),

@@ -366,8 +366,13 @@ impl Shared {
             partition: partition.1,
             offset: held.offset,
         };
-        let mut delivery =
-            Delivery::new(&*partition.0, held.message, position, held.attempt, acker);
+        let mut delivery = Delivery::new(
+            Arc::clone(&partition.0),
+            held.message,
+            position,
+            held.attempt,
+            acker,
+        );
         if let Some(at) = held.published_at.and_then(DateTime::from_timestamp_millis) {
             delivery = delivery.published_at(at);
         }

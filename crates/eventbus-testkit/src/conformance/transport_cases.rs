@@ -62,7 +62,7 @@ async fn publish_subscribe_roundtrip(ctx: &Ctx) -> CaseResultOf {
             )
         })?;
     }
-    check(d.topic == topic, || {
+    check(*d.topic == *topic, || {
         format!("delivery names topic {} instead of {topic}", d.topic)
     })?;
     check(d.attempt == 1, || {
@@ -162,10 +162,10 @@ async fn many_topics(ctx: &Ctx) -> CaseResultOf {
             &format!("message {} of 100 over 20 topics", i + 1),
         )
         .await?;
-        check(body(&d).starts_with(&d.topic), || {
+        check(body(&d).starts_with(&*d.topic), || {
             format!("message `{}` delivered as from {}", body(&d), d.topic)
         })?;
-        *per_topic.entry(d.topic.clone()).or_default() += 1;
+        *per_topic.entry(d.topic.to_string()).or_default() += 1;
         d.ack().await?;
     }
     check(

@@ -39,7 +39,8 @@ struct Membership {
     member: u64,
     // Shared with each delivery's acknowledger: no copy of the name per message.
     group: Arc<str>,
-    topics: Vec<(String, Arc<Topic>)>,
+    /// Each name is shared with the deliveries of its topic.
+    topics: Vec<(Arc<str>, Arc<Topic>)>,
     wake: Arc<Notify>,
     closed: CloseSignal,
     rotate: AtomicUsize,
@@ -76,7 +77,7 @@ pub(crate) fn open(
             Arc::clone(&wake),
             subscription.start.as_ref(),
         )?;
-        membership.topics.push((name.clone(), topic));
+        membership.topics.push((Arc::from(name.as_str()), topic));
     }
     let reader = Reader {
         membership: Arc::new(membership),
@@ -148,7 +149,9 @@ impl Stream for MemoryStream {
 enum Taken {
     Some,
     /// Nothing; a nacked message falls due at `wake_at`, if any.
-    None { wake_at: Option<Instant> },
+    None {
+        wake_at: Option<Instant>,
+    },
 }
 
 impl Reader {
@@ -205,7 +208,7 @@ impl Reader {
 }
 
 impl Membership {
-    fn delivery(&self, name: &str, topic: &Arc<Topic>, h: Handout) -> Delivery {
+    fn delivery(&self, name: &Arc<str>, topic: &Arc<Topic>, h: Handout) -> Delivery {
         let acker = MemoryAck {
             topic: Arc::clone(topic),
             group: Arc::clone(&self.group),
@@ -218,7 +221,14 @@ impl Membership {
             partition: h.partition as i32,
             offset: h.offset as i64,
         };
-        Delivery::new(name, h.message, position, h.attempt, Box::new(acker)).published_at(h.time)
+        Delivery::new(
+            Arc::clone(name),
+            h.message,
+            position,
+            h.attempt,
+            Box::new(acker),
+        )
+        .published_at(h.time)
     }
 }
 
