@@ -203,6 +203,53 @@ async fn a_slow_attempt_times_out_and_counts_as_a_failure() {
     consumer.shutdown().await.unwrap();
 }
 
+/// A layer that says it passes every delivery through, and counts the times it is run anyway.
+#[derive(Default, Clone)]
+struct Inert(Arc<AtomicU32>);
+
+#[async_trait]
+impl Layer for Inert {
+    fn name(&self) -> &str {
+        "inert"
+    }
+    fn passes_through(&self) -> bool {
+        true
+    }
+    async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        next.run(ctx).await
+    }
+}
+
+#[tokio::test]
+async fn a_layer_that_passes_through_stays_in_the_stack_but_is_not_run() {
+    let bus = bus();
+    let outcomes = Outcomes::default();
+    let inert = Inert::default();
+    let layer: Arc<dyn Layer> = Arc::new(inert.clone());
+    let consumer = bus
+        .consumer("inert", "skips")
+        .layers(outcomes.outer())
+        .layers(move |stack| {
+            stack.insert_before("retry", layer)?;
+            // Still there by name: it can be edited like any other.
+            assert!(stack.names().contains(&"inert"));
+            Ok(())
+        })
+        .handle(|_: Envelope<Job>| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .unwrap();
+    bus.producer().send("inert", &job(1, "go")).await.unwrap();
+    assert_eq!(outcomes.wait_for(1).await[0], ("handled".to_owned(), None));
+    assert_eq!(inert.0.load(Ordering::Relaxed), 0, "left out of the chain");
+    consumer.shutdown().await.unwrap();
+    assert!(eventbus_core::consumer::TimeoutLayer::new(None).passes_through());
+    assert!(
+        !eventbus_core::consumer::TimeoutLayer::new(Some(Duration::from_secs(1))).passes_through()
+    );
+}
+
 #[tokio::test]
 async fn a_second_route_for_a_type_and_a_bad_stack_edit_are_errors() {
     let bus = bus();

@@ -83,7 +83,11 @@ impl Reader {
             conn,
             group: subscription.group,
             consumer: subscription.consumer,
-            names: subscription.topics.iter().map(|t| Arc::from(t.as_str())).collect(),
+            names: subscription
+                .topics
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
             held: Mutex::new(HashMap::new()),
             deliveries: tx.downgrade(),
             closed,
@@ -378,13 +382,8 @@ impl Shared {
             id: entry.id.clone(),
             attempt,
         });
-        let mut delivery = Delivery::new(
-            name,
-            message,
-            Position::StreamId(entry.id),
-            attempt,
-            acker,
-        );
+        let mut delivery =
+            Delivery::new(name, message, Position::StreamId(entry.id), attempt, acker);
         if let Some(at) = published_at {
             delivery = delivery.published_at(at);
         }

@@ -227,6 +227,14 @@ pub trait Layer: Send + Sync {
 
     /// Handles one delivery.
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome;
+
+    /// Whether, as configured, this layer would only pass every delivery on unchanged (a
+    /// timeout layer without a timeout, say). Such a layer stays in the [`Stack`] (its name can
+    /// be found and edited) but the consumer leaves it out of the chain it runs, which spares
+    /// each event its boxed future. `false` unless a layer says otherwise.
+    fn passes_through(&self) -> bool {
+        false
+    }
 }
 
 /// The innermost step: decode and dispatch to receivers (typed), or call a raw receiver.

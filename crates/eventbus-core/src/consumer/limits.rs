@@ -60,6 +60,10 @@ impl Layer for TimeoutLayer {
         "timeout"
     }
 
+    fn passes_through(&self) -> bool {
+        self.timeout.is_none()
+    }
+
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
         let Some(limit) = self.timeout else {
             return next.run(ctx).await;

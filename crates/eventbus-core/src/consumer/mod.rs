@@ -478,7 +478,12 @@ impl Consumer {
             health: self.health,
             serializer: self.serializer,
             state,
-            layers: stack.into_layers(),
+            layers: stack
+                .into_layers()
+                .iter()
+                .filter(|layer| !layer.passes_through())
+                .cloned()
+                .collect(),
             layer_names,
             handler,
             start: self.start,
