@@ -635,7 +635,10 @@ mod tests {
             );
         }
         for other in ["ce_idx", "ce_i", "CE_ID", "tenant", ""] {
-            assert!(matches!(header_name(other), Cow::Owned(n) if n == other), "{other}");
+            assert!(
+                matches!(header_name(other), Cow::Owned(n) if n == other),
+                "{other}"
+            );
         }
     }
 

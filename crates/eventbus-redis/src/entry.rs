@@ -94,16 +94,17 @@ pub(crate) fn from_fields(stream: &str, id: &str, fields: Vec<(Vec<u8>, Vec<u8>)
             message.key = Some(value.into());
         } else {
             is_event |= field == "type";
+            // The reply's own buffers become the values: no copy per header.
             match RENAMED.iter().find(|(f, _)| *f == field) {
-                Some((_, header)) => headers.append(*header, value),
-                None => headers.append(field, value),
+                Some((_, header)) => headers.append_bytes(*header, value.into()),
+                None => headers.append_bytes(field, value.into()),
             }
         }
     }
     if is_event {
         for (name, value) in IMPLIED {
             if headers.get(name).is_none() {
-                headers.append(*name, *value);
+                headers.append_bytes(*name, bytes::Bytes::from_static(value.as_bytes()));
             }
         }
     }

@@ -46,7 +46,7 @@ struct Shared {
     /// Weak, so that a delivery kept past the end of its stream does not keep the stream open.
     deliveries: mpsc::WeakSender<Result<Delivery>>,
     /// Acknowledgements (stream, id), sent as one `XACK` per stream and batch.
-    acks: AckBatcher<(String, String)>,
+    acks: AckBatcher<(Arc<str>, String)>,
     closed: watch::Receiver<bool>,
 }
 
@@ -378,7 +378,7 @@ impl Shared {
         let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
         let acker = Box::new(EntryAck {
             shared: self.clone(),
-            stream: stream.to_owned(),
+            stream: Arc::clone(&name),
             id: entry.id.clone(),
             attempt,
         });
@@ -444,7 +444,7 @@ impl Shared {
 #[derive(Debug)]
 struct EntryAck {
     shared: Arc<Shared>,
-    stream: String,
+    stream: Arc<str>,
     id: String,
     attempt: u32,
 }
@@ -456,11 +456,11 @@ impl Acknowledge for EntryAck {
         } = *self;
         // Waits for the batch's `XACK`: the ack is done only once Redis has it.
         Settlement::waiting(async move {
-            let acked = shared.acks.ack((stream.clone(), id.clone())).await;
+            let acked = shared.acks.ack((Arc::clone(&stream), id.clone())).await;
             // Released either way: after a failed XACK the entry is still pending, and a claim
             // round must be free to deliver it again once it has been idle long enough.
             shared.release(&stream, &id);
-            acked.map_err(|e| e.with("stream", &stream).with("id", &id))
+            acked.map_err(|e| e.with("stream", &*stream).with("id", &id))
         })
     }
 
@@ -473,7 +473,7 @@ impl Acknowledge for EntryAck {
         } = *self;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            shared.redeliver(stream, id, attempt).await;
+            shared.redeliver(stream.to_string(), id, attempt).await;
         });
         Settlement::done(Ok(()))
     }
@@ -481,12 +481,12 @@ impl Acknowledge for EntryAck {
 
 /// Sends a batch of acknowledgements: one `XACK` per stream with all its ids, pipelined in one
 /// round trip.
-fn send_acks(conn: ConnectionManager, group: String) -> SendBatch<(String, String)> {
-    Box::new(move |batch: Vec<(String, String)>| {
+fn send_acks(conn: ConnectionManager, group: String) -> SendBatch<(Arc<str>, String)> {
+    Box::new(move |batch: Vec<(Arc<str>, String)>| {
         let mut conn = conn.clone();
         let group = group.clone();
         Box::pin(async move {
-            let mut by_stream: Vec<(String, Vec<String>)> = Vec::new();
+            let mut by_stream: Vec<(Arc<str>, Vec<String>)> = Vec::new();
             for (stream, id) in batch {
                 match by_stream.iter_mut().find(|(s, _)| *s == stream) {
                     Some((_, ids)) => ids.push(id),
@@ -495,7 +495,11 @@ fn send_acks(conn: ConnectionManager, group: String) -> SendBatch<(String, Strin
             }
             let mut pipe = redis::pipe();
             for (stream, ids) in &by_stream {
-                pipe.cmd("XACK").arg(stream).arg(&group).arg(ids).ignore();
+                pipe.cmd("XACK")
+                    .arg(&**stream)
+                    .arg(&group)
+                    .arg(ids)
+                    .ignore();
             }
             pipe.query_async::<()>(&mut conn)
                 .await
