@@ -12,7 +12,7 @@ use futures::FutureExt;
 
 use super::context::{Context, DeliveryInfo};
 use super::dead_letter::Reason;
-use super::layer::{Handler, Outcome, Verdict};
+use super::layer::{Outcome, Verdict};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Envelope, Event};
 use crate::metadata::EventMetadata;
@@ -166,9 +166,8 @@ fn give_up(delivery: &DeliveryInfo, reason: Reason, error: Error) -> Outcome {
     }
 }
 
-#[async_trait]
-impl Handler for Dispatcher {
-    async fn handle(&self, ctx: &mut Context) -> Outcome {
+impl Dispatcher {
+    pub(crate) async fn handle(&self, ctx: &mut Context) -> Outcome {
         let delivery = Arc::clone(ctx.delivery());
         let metadata = match delivery.shared_metadata() {
             Ok(m) => Arc::clone(m),
@@ -193,8 +192,12 @@ impl Handler for Dispatcher {
             .with("event_type", &metadata.event_type);
             return give_up(&delivery, Reason::UnknownEventType, error);
         };
-        if let Err(outcome) = self.learn_schemas(&delivery).await {
-            return outcome;
+        // Boxed, and only with a registry: its future is large and every event's handling
+        // future would carry its room otherwise.
+        if self.schema_ids.is_some() {
+            if let Err(outcome) = Box::pin(self.learn_schemas(&delivery)).await {
+                return outcome;
+            }
         }
         let call = match route.prepare(&delivery, Arc::clone(&metadata)) {
             Ok(call) => call,
@@ -266,9 +269,8 @@ pub(crate) struct RawDispatcher {
     pub(crate) receiver: Arc<dyn RawReceiver>,
 }
 
-#[async_trait]
-impl Handler for RawDispatcher {
-    async fn handle(&self, ctx: &mut Context) -> Outcome {
+impl RawDispatcher {
+    pub(crate) async fn handle(&self, ctx: &mut Context) -> Outcome {
         let delivery = Arc::clone(ctx.delivery());
         settle_call(
             self.receiver.receive(Arc::clone(&delivery)),

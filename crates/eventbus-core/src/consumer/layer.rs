@@ -237,21 +237,32 @@ pub trait Layer: Send + Sync {
     }
 }
 
-/// The innermost step: decode and dispatch to receivers (typed), or call a raw receiver.
-#[async_trait]
-pub(crate) trait Handler: Send + Sync {
-    async fn handle(&self, ctx: &mut Context) -> Outcome;
+/// The innermost step: decode and dispatch to receivers (typed), or call a raw receiver. An
+/// enum rather than a trait object, so that its future sits inside the layers' futures instead
+/// of taking an allocation of its own per event.
+pub(crate) enum Handler {
+    Typed(super::dispatch::Dispatcher),
+    Raw(super::dispatch::RawDispatcher),
+}
+
+impl Handler {
+    async fn handle(&self, ctx: &mut Context) -> Outcome {
+        match self {
+            Handler::Typed(dispatcher) => dispatcher.handle(ctx).await,
+            Handler::Raw(dispatcher) => dispatcher.handle(ctx).await,
+        }
+    }
 }
 
 /// The rest of the stack below a layer. Copy it to run the inner layers again (a retry).
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
     layers: &'a [Arc<dyn Layer>],
-    handler: &'a dyn Handler,
+    handler: &'a Handler,
 }
 
 impl<'a> Next<'a> {
-    pub(crate) fn new(layers: &'a [Arc<dyn Layer>], handler: &'a dyn Handler) -> Self {
+    pub(crate) fn new(layers: &'a [Arc<dyn Layer>], handler: &'a Handler) -> Self {
         Self { layers, handler }
     }
 

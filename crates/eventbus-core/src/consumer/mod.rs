@@ -161,7 +161,7 @@ pub(crate) struct Parts {
     pub(crate) state: Arc<ConsumerState>,
     pub(crate) layers: Arc<[Arc<dyn Layer>]>,
     pub(crate) layer_names: Vec<String>,
-    pub(crate) handler: Box<dyn Handler>,
+    pub(crate) handler: Handler,
     pub(crate) start: Option<StartPosition>,
     pub(crate) settings: ConsumerSettings,
 }
@@ -427,7 +427,7 @@ impl Consumer {
             .map(|r| r.batch_size())
             .max()
             .unwrap_or(1);
-        let handler: Box<dyn Handler> = match self.raw {
+        let handler = match self.raw {
             Some(_) if !self.routes.is_empty() => {
                 return Err(Error::new(
                     ErrorKind::Config,
@@ -435,7 +435,7 @@ impl Consumer {
                 )
                 .with("group", &self.group));
             }
-            Some(receiver) => Box::new(RawDispatcher { receiver }),
+            Some(receiver) => Handler::Raw(RawDispatcher { receiver }),
             None => {
                 let mut routes = self.routes;
                 if routes.is_empty() {
@@ -443,7 +443,7 @@ impl Consumer {
                         routes.insert(entry.event_type.to_owned(), entry.route());
                     }
                 }
-                Box::new(Dispatcher {
+                Handler::Typed(Dispatcher {
                     routes,
                     unknown: self.settings.unknown_event_types,
                     schema_ids: self.producer.schema_ids().cloned(),

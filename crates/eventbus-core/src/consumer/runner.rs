@@ -44,7 +44,7 @@ const HELD_PER_CONCURRENCY: usize = 64;
 
 struct Shared {
     layers: Arc<[Arc<dyn Layer>]>,
-    handler: Box<dyn Handler>,
+    handler: Handler,
     serializer: Arc<dyn Serializer>,
     state: Arc<ConsumerState>,
     /// How long a given-up delivery waits at the broker when no layer dead-letters it.
@@ -344,7 +344,7 @@ impl Shared {
         let in_flight = InFlight(&self.state);
         async move {
             let _in_flight = in_flight;
-            let next = Next::new(&self.layers, self.handler.as_ref());
+            let next = Next::new(&self.layers, &self.handler);
             match AssertUnwindSafe(next.run(&mut ctx)).catch_unwind().await {
                 Ok(outcome) => (key, Some((delivery, outcome))),
                 Err(_) => {
