@@ -610,6 +610,34 @@ impl PublishGate {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_settlement_is_ready_at_once_or_when_the_broker_answers() {
+        use futures::FutureExt;
+        let mut done = Settlement::done(Ok(()));
+        assert!(matches!((&mut done).now_or_never(), Some(Ok(()))));
+        let again = (&mut done).now_or_never();
+        assert!(
+            matches!(&again, Some(Err(e)) if e.kind() == ErrorKind::Closed),
+            "{again:?}"
+        );
+
+        let (answer, answered) = tokio::sync::oneshot::channel::<Result<()>>();
+        let mut waiting = Settlement::waiting(async move {
+            answered
+                .await
+                .unwrap_or_else(|_| Err(closed_error("test broker")))
+        });
+        assert!((&mut waiting).now_or_never().is_none(), "no answer yet");
+        answer
+            .send(Err(Error::new(ErrorKind::Connection, "the broker hung up")))
+            .ok();
+        let settled = waiting.await;
+        assert!(
+            matches!(&settled, Err(e) if e.kind() == ErrorKind::Connection),
+            "{settled:?}"
+        );
+    }
+
     #[test]
     fn every_name_eventbus_writes_is_known() {
         use crate::metadata::header;
