@@ -74,8 +74,16 @@ impl fmt::Display for ErrorKind {
 }
 
 /// The error type of every eventbus operation.
+///
+/// One pointer wide: what it says lives behind it. Results and outcomes are moved several times
+/// per event on the consume path, most of them `Ok`, and an inline error made each of those
+/// moves copy its 72 bytes.
 #[derive(Debug, thiserror::Error)]
-pub struct Error {
+#[error(transparent)]
+pub struct Error(Box<Inner>);
+
+#[derive(Debug, thiserror::Error)]
+struct Inner {
     kind: ErrorKind,
     message: String,
     temporary: bool,
@@ -90,77 +98,79 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new permanent error of `kind` with a message that says what to do about it.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             message: message.into(),
             temporary: false,
             context: Vec::new(),
             source: None,
-        }
+        }))
     }
 
     /// Marks the error as temporary: the same call may succeed when tried again.
     #[must_use]
     pub fn temporary(mut self) -> Self {
-        self.temporary = true;
+        self.0.temporary = true;
         self
     }
 
     /// Adds a context pair such as `("topic", "dev-user-login")`.
     #[must_use]
     pub fn with(mut self, key: &'static str, value: impl fmt::Display) -> Self {
-        self.context.push((key, value.to_string()));
+        self.0.context.push((key, value.to_string()));
         self
     }
 
     /// Attaches the underlying cause.
     #[must_use]
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.0.source = Some(Box::new(source));
         self
     }
 
     /// A copy for each of several waiters on one failure (errors are not `Clone`): kind,
     /// message, context and the temporary flag, with the source's text in place of the source.
     pub fn detached(&self) -> Self {
-        let mut message = self.message.clone();
-        if let Some(source) = &self.source {
+        let inner = &self.0;
+        let mut message = inner.message.clone();
+        if let Some(source) = &inner.source {
             message = format!("{message}: {source}");
         }
-        Self {
-            kind: self.kind,
+        Self(Box::new(Inner {
+            kind: inner.kind,
             message,
-            temporary: self.temporary,
-            context: self.context.clone(),
+            temporary: inner.temporary,
+            context: inner.context.clone(),
             source: None,
-        }
+        }))
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The message without kind and context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// Whether trying the same operation again may succeed.
     pub fn is_temporary(&self) -> bool {
-        self.temporary
+        self.0.temporary
     }
 
     /// The value of a context pair, if present.
     pub fn context(&self, key: &str) -> Option<&str> {
-        self.context
+        self.0
+            .context
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v.as_str())
     }
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)?;
         if !self.context.is_empty() {
@@ -183,6 +193,17 @@ impl fmt::Display for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Results are moved several times per event on the consume path; an error kept inline
+    /// made each move of an `Ok` copy its room.
+    #[test]
+    fn an_error_is_one_pointer_wide() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<()>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn display_names_kind_message_context_and_cause() {

@@ -133,8 +133,9 @@ pub(super) async fn run(
 
     // Handling happens in this task rather than in worker tasks: a hand-over to a worker and
     // back cost two channel hops and two task wake-ups per event, more than the bookkeeping of
-    // the event itself (BENCHMARKS.md, the cost table).
-    let mut handling = FuturesUnordered::new();
+    // the event itself (BENCHMARKS.md, the cost table). The set keeps its slots and reuses them,
+    // where `futures`' set allocates a node per event; it grows to the most ever in flight.
+    let mut handling = futures_buffered::FuturesUnordered::with_capacity(concurrency.min(64));
     let mut settling = FuturesUnordered::new();
     let mut queue = KeyQueue::new();
     let max_held = concurrency * HELD_PER_CONCURRENCY;
