@@ -234,7 +234,7 @@ impl SchemaType {
             &producer.settings().source,
             &producer.settings().source_host,
         );
-        metadata.content_type = serializer.content_type().to_owned();
+        metadata.content_type = serializer.content_type().into();
         let mut message = Message {
             key: key.map(Bytes::from),
             payload: payload.into(),

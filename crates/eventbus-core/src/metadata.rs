@@ -1,5 +1,8 @@
 //! CloudEvents 1.0 metadata as Open edX writes it, and its mapping to message headers.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use uuid::Uuid;
@@ -37,27 +40,31 @@ pub mod header {
 }
 
 /// The CloudEvents attributes of one event.
+///
+/// The text attributes are [`Text`], shared: events of one type from one service carry the same
+/// type, source, host, library, spec version and content type, and a consumer reading a stream
+/// of them shares one copy of each instead of allocating six strings per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventMetadata {
     /// Unique id of this event.
     pub id: Uuid,
     /// Event type name.
-    pub event_type: String,
+    pub event_type: Text,
     /// Minor version of the writer's schema.
     pub minor_version: u32,
     /// Producing service, `openedx/<service>/web`.
-    pub source: String,
+    pub source: Text,
     /// Host name of the producer.
-    pub source_host: String,
+    pub source_host: Text,
     /// Version of the producing library.
-    pub source_lib: String,
+    pub source_lib: Text,
     /// When the event happened.
     pub time: DateTime<Utc>,
     /// CloudEvents spec version, `1.0`.
-    pub spec_version: String,
+    pub spec_version: Text,
     /// Content type of the payload, e.g. `application/avro`.
-    pub content_type: String,
+    pub content_type: Text,
 }
 
 /// The producing library's version as Open edX consumers expect it: digits and dots only, since
@@ -69,14 +76,14 @@ impl EventMetadata {
     pub fn new(event_type: &str, minor_version: u32, source: &str, source_host: &str) -> Self {
         Self {
             id: Uuid::new_v4(),
-            event_type: event_type.to_owned(),
+            event_type: event_type.into(),
             minor_version,
-            source: source.to_owned(),
-            source_host: source_host.to_owned(),
-            source_lib: SOURCE_LIB.to_owned(),
+            source: source.into(),
+            source_host: source_host.into(),
+            source_lib: SOURCE_LIB.into(),
             time: Utc::now(),
-            spec_version: CLOUDEVENTS_VERSION.to_owned(),
-            content_type: String::new(),
+            spec_version: CLOUDEVENTS_VERSION.into(),
+            content_type: "".into(),
         }
     }
 
@@ -116,12 +123,12 @@ impl EventMetadata {
         // event consumed. Each attribute takes its first value, as `Headers::get` would.
         let found = Found::read(headers);
         let event_type = match (found.event_type, found.types) {
-            (Some(one), 1) if !one.is_empty() => std::str::from_utf8(one)
-                .map_err(|_| {
+            (Some(one), 1) if !one.is_empty() => {
+                shared_text(Recent::TYPE, one).ok_or_else(|| {
                     invalid("the ce_type header is not UTF-8 text")
                         .with("ce_type", one.escape_ascii())
                 })?
-                .to_owned(),
+            }
             (_, 0 | 1) => return Err(invalid("the message has no ce_type header")),
             _ => {
                 let names: Vec<String> = headers
@@ -161,21 +168,166 @@ impl EventMetadata {
                 })?
                 .with_timezone(&Utc),
         };
-        let text = |value| text_of(value).unwrap_or_default().to_owned();
+        // Absent or not UTF-8: empty, as `Headers::get` has it.
+        let text = |slot, value: Option<&[u8]>| {
+            shared_text(slot, value.unwrap_or_default())
+                .unwrap_or_else(|| shared_text(slot, b"").unwrap_or_else(|| "".into()))
+        };
         Ok(Self {
             id,
             event_type,
             minor_version,
-            source: text(found.source),
-            source_host: text(found.source_host),
-            source_lib: text(found.source_lib),
+            source: text(Recent::SOURCE, found.source),
+            source_host: text(Recent::SOURCE_HOST, found.source_host),
+            source_lib: text(Recent::SOURCE_LIB, found.source_lib),
             time,
-            spec_version: text_of(found.spec_version)
-                .unwrap_or(CLOUDEVENTS_VERSION)
-                .to_owned(),
-            content_type: text(found.content_type),
+            spec_version: found
+                .spec_version
+                .and_then(|v| shared_text(Recent::SPEC_VERSION, v))
+                .unwrap_or_else(|| {
+                    text(Recent::SPEC_VERSION, Some(CLOUDEVENTS_VERSION.as_bytes()))
+                }),
+            content_type: text(Recent::CONTENT_TYPE, found.content_type),
         })
     }
+}
+
+/// The text of an attribute: a shared, immutable string. Reads as a `&str` (it dereferences to
+/// one, and has [`as_str`](Text::as_str)), compares with strings, and is made from a `&str` or a
+/// `String` with `.into()`. Cloning it shares it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Text(Arc<str>);
+
+impl Text {
+    /// The text as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Self(text.into())
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self(text.into())
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> Self {
+        text.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        **self == *other.0
+    }
+}
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// The text attributes read last on this thread, one slot each. A value equal to its slot's is
+/// shared from it, without a UTF-8 check or an allocation: consecutive events are mostly of one
+/// type from one service. A value that differs takes the slot.
+struct Recent([Option<Arc<str>>; 6]);
+
+impl Recent {
+    const TYPE: usize = 0;
+    const SOURCE: usize = 1;
+    const SOURCE_HOST: usize = 2;
+    const SOURCE_LIB: usize = 3;
+    const SPEC_VERSION: usize = 4;
+    const CONTENT_TYPE: usize = 5;
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent([const { None }; 6])) };
+}
+
+/// `value` as shared text, or `None` when it is not UTF-8.
+fn shared_text(slot: usize, value: &[u8]) -> Option<Text> {
+    RECENT.with(|recent| {
+        let kept = &mut recent.borrow_mut().0[slot];
+        if let Some(text) = kept.as_ref().filter(|t| t.as_bytes() == value) {
+            return Some(Text(Arc::clone(text)));
+        }
+        let text: Arc<str> = std::str::from_utf8(value).ok()?.into();
+        *kept = Some(Arc::clone(&text));
+        Some(Text(text))
+    })
 }
 
 /// A header value as text; `None` when absent or not UTF-8, as [`Headers::get`] has it.
@@ -476,8 +628,8 @@ mod tests {
             let mut expected = Headers::new();
             for (name, value) in [
                 (header::ID, meta.id.to_string()),
-                (header::TYPE, meta.event_type.clone()),
-                (header::SOURCE, meta.source.clone()),
+                (header::TYPE, meta.event_type.to_string()),
+                (header::SOURCE, meta.source.to_string()),
                 (header::SPEC_VERSION, "1.0".into()),
                 (header::TIME, meta.time_string()),
                 (header::MINOR_VERSION, minor.to_string()),
@@ -604,5 +756,63 @@ mod tests {
         // Absent: the defaults.
         assert_eq!(meta.spec_version, "1.0");
         assert_eq!(meta.minor_version, 0);
+    }
+
+    /// Consecutive events share the text they have in common; text that changes, or is not
+    /// UTF-8, is read afresh and never taken from another event.
+    #[test]
+    fn consecutive_events_share_their_text_and_changes_are_read_afresh() {
+        let headers_of = |event_type: &str, source: &[u8]| {
+            let mut headers = Headers::new();
+            headers.insert("ce_id", Uuid::new_v4().to_string());
+            headers.insert("ce_type", event_type);
+            headers.insert("ce_source", source);
+            headers
+        };
+        let read = |headers: &Headers| EventMetadata::from_headers(headers).unwrap();
+        let first = read(&headers_of("org.openedx.a.v1", b"openedx/lms/web"));
+        let second = read(&headers_of("org.openedx.a.v1", b"openedx/lms/web"));
+        assert!(Arc::ptr_eq(&first.event_type.0, &second.event_type.0));
+        assert!(Arc::ptr_eq(&first.source.0, &second.source.0));
+        assert_ne!(first.id, second.id);
+
+        let other = read(&headers_of("org.openedx.b.v1", [0xff, 0xfe].as_slice()));
+        assert_eq!(other.event_type, "org.openedx.b.v1");
+        assert_eq!(other.source, "");
+        let again = read(&headers_of("org.openedx.a.v1", b"openedx/cms/web"));
+        assert_eq!(again.event_type, "org.openedx.a.v1");
+        assert_eq!(again.source, "openedx/cms/web");
+
+        // A type that is not UTF-8 is still refused, whatever came before.
+        let err = EventMetadata::from_headers(&headers_of("x", b"s"))
+            .and_then(|_| {
+                EventMetadata::from_headers(&{
+                    let mut h = headers_of("x", b"s");
+                    h.insert("ce_type", [0xffu8, 0xfe]);
+                    h
+                })
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn text_reads_and_compares_as_a_string() {
+        let text = Text::from("org.openedx.a.v1");
+        assert_eq!(text.as_str(), "org.openedx.a.v1");
+        assert_eq!(text, "org.openedx.a.v1");
+        assert_eq!("org.openedx.a.v1", text);
+        assert_eq!(text, "org.openedx.a.v1".to_owned());
+        assert_eq!("org.openedx.a.v1".to_owned(), text);
+        assert_eq!(
+            format!("{text} {text:?}"),
+            "org.openedx.a.v1 \"org.openedx.a.v1\""
+        );
+        assert_eq!(String::from(text.clone()), "org.openedx.a.v1");
+        assert_eq!(
+            serde_json::to_string(&text).unwrap(),
+            "\"org.openedx.a.v1\""
+        );
+        assert!(text.starts_with("org.openedx"));
     }
 }

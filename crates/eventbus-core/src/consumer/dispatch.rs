@@ -179,7 +179,7 @@ impl Dispatcher {
                 return give_up(&delivery, Reason::InvalidHeaders, error);
             }
         };
-        let Some(route) = self.routes.get(&metadata.event_type) else {
+        let Some(route) = self.routes.get(metadata.event_type.as_str()) else {
             if self.unknown == UnknownEventTypes::Skip {
                 return Outcome::Skipped {
                     reason: format!("no receiver handles {}", metadata.event_type),

@@ -214,7 +214,7 @@ impl Producer {
             &self.settings.source,
             &self.settings.source_host,
         );
-        meta.content_type = self.serializer.content_type().to_owned();
+        meta.content_type = self.serializer.content_type().into();
         meta
     }
 
