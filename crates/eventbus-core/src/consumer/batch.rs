@@ -233,37 +233,22 @@ impl<E: Event> BatchRoute<E> {
 }
 
 impl<E: Event> Route for BatchRoute<E> {
-    fn prepare(
-        &self,
-        delivery: &Arc<DeliveryInfo>,
-        metadata: Arc<EventMetadata>,
-    ) -> Result<Box<dyn Call>> {
+    fn prepare(&self, delivery: &Arc<DeliveryInfo>, metadata: Arc<EventMetadata>) -> Result<Call> {
         let envelope = decode_envelope::<E>(delivery, metadata)?;
         let (tx, rx) = oneshot::channel();
         // The gathering task lives as long as the route; a send fails only while the consumer
         // is being torn down, and the receiver below then reports it.
         let _ = self.queue().send((envelope, tx));
-        Ok(Box::new(BatchCall(std::sync::Mutex::new(Some(rx)))))
+        // The call waits for the verdict of the event's batch.
+        Ok(Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err("the batch receiver's task ended before this event's batch finished".into())
+            })
+        }))
     }
 
     fn batch_size(&self) -> usize {
         self.max_size
-    }
-}
-
-/// One event waiting for its batch's verdict.
-struct BatchCall(std::sync::Mutex<Option<oneshot::Receiver<std::result::Result<(), BoxError>>>>);
-
-#[async_trait]
-impl Call for BatchCall {
-    async fn call(&self) -> std::result::Result<(), BoxError> {
-        let verdict = self.0.lock().ok().and_then(|mut rx| rx.take());
-        match verdict {
-            Some(rx) => rx.await.unwrap_or_else(|_| {
-                Err("the batch receiver's task ended before this event's batch finished".into())
-            }),
-            None => Err("a batch event was handled twice".into()),
-        }
     }
 }
 

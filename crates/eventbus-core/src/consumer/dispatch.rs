@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use super::context::{Context, DeliveryInfo};
@@ -22,12 +23,9 @@ use crate::signal::{BoxError, Receiver};
 
 /// Decodes the payload of one event type into a ready call.
 pub(crate) trait Route: Send + Sync {
-    /// Decodes the delivery's payload into a call of the receivers.
-    fn prepare(
-        &self,
-        delivery: &Arc<DeliveryInfo>,
-        metadata: Arc<EventMetadata>,
-    ) -> Result<Box<dyn Call>>;
+    /// Decodes the delivery's payload into a call of the receivers. Decoding happens here, so
+    /// that an undecodable payload is told apart from a failing receiver.
+    fn prepare(&self, delivery: &Arc<DeliveryInfo>, metadata: Arc<EventMetadata>) -> Result<Call>;
 
     /// The most events one call of the receiver takes (batch receivers); 1 for the others.
     fn batch_size(&self) -> usize {
@@ -35,11 +33,9 @@ pub(crate) trait Route: Send + Sync {
     }
 }
 
-/// A decoded event bound to its receivers.
-#[async_trait]
-pub(crate) trait Call: Send + Sync {
-    async fn call(&self) -> Result<(), BoxError>;
-}
+/// A decoded event bound to its receivers: the call itself, one allocation that owns the
+/// event (a boxed object that made the call would be a second).
+pub(crate) type Call = BoxFuture<'static, Result<(), BoxError>>;
 
 enum Target<E> {
     Signal,
@@ -69,14 +65,17 @@ impl<E: Event> EventRoute<E> {
 }
 
 impl<E: Event> Route for EventRoute<E> {
-    fn prepare(
-        &self,
-        delivery: &Arc<DeliveryInfo>,
-        metadata: Arc<EventMetadata>,
-    ) -> Result<Box<dyn Call>> {
-        Ok(Box::new(EventCall {
-            envelope: decode_envelope(delivery, metadata)?,
-            target: Arc::clone(&self.target),
+    fn prepare(&self, delivery: &Arc<DeliveryInfo>, metadata: Arc<EventMetadata>) -> Result<Call> {
+        let envelope = decode_envelope::<E>(delivery, metadata)?;
+        let target = Arc::clone(&self.target);
+        Ok(Box::pin(async move {
+            match target.as_ref() {
+                Target::Signal => E::signal()
+                    .run_receivers(envelope)
+                    .await
+                    .map_err(|(_, first)| first),
+                Target::Receiver(receiver) => receiver.receive(envelope).await,
+            }
         }))
     }
 }
@@ -93,24 +92,6 @@ pub(crate) fn decode_envelope<E: Event>(
         Some(metadata.minor_version),
     )?;
     Ok(Envelope::shared(event, metadata).with_delivery(Arc::clone(delivery)))
-}
-
-struct EventCall<E> {
-    envelope: Envelope<E>,
-    target: Arc<Target<E>>,
-}
-
-#[async_trait]
-impl<E: Event> Call for EventCall<E> {
-    async fn call(&self) -> Result<(), BoxError> {
-        match self.target.as_ref() {
-            Target::Signal => E::signal()
-                .run_receivers(self.envelope.clone())
-                .await
-                .map_err(|(_, first)| first),
-            Target::Receiver(receiver) => receiver.receive(self.envelope.clone()).await,
-        }
-    }
 }
 
 /// What to do with an event type no route handles.
@@ -203,7 +184,7 @@ impl Dispatcher {
             Ok(call) => call,
             Err(e) => return give_up(&delivery, Reason::Undecodable, e),
         };
-        settle_call(call.call(), &delivery, Some(&metadata.event_type)).await
+        settle_call(call, &delivery, Some(&metadata.event_type)).await
     }
 }
 
