@@ -122,13 +122,8 @@ impl EventMetadata {
         // One pass over the headers rather than a search per attribute: this runs for every
         // event consumed. Each attribute takes its first value, as `Headers::get` would.
         let found = Found::read(headers);
-        let event_type = match (found.event_type, found.types) {
-            (Some(one), 1) if !one.is_empty() => {
-                shared_text(Recent::TYPE, one).ok_or_else(|| {
-                    invalid("the ce_type header is not UTF-8 text")
-                        .with("ce_type", one.escape_ascii())
-                })?
-            }
+        let type_bytes = match (found.event_type, found.types) {
+            (Some(one), 1) if !one.is_empty() => one,
             (_, 0 | 1) => return Err(invalid("the message has no ce_type header")),
             _ => {
                 let names: Vec<String> = headers
@@ -139,17 +134,41 @@ impl EventMetadata {
                     .with("ce_type", names.join(", ")));
             }
         };
+        // Absent: empty, as `Headers::get` has it; the spec version defaults to CloudEvents 1.0.
+        let [event_type, source, source_host, source_lib, spec_version, content_type] =
+            shared_texts([
+                type_bytes,
+                found.source.unwrap_or_default(),
+                found.source_host.unwrap_or_default(),
+                found.source_lib.unwrap_or_default(),
+                found.spec_version.unwrap_or(CLOUDEVENTS_VERSION.as_bytes()),
+                found.content_type.unwrap_or_default(),
+            ]);
+        let event_type = event_type.ok_or_else(|| {
+            invalid("the ce_type header is not UTF-8 text")
+                .with("ce_type", type_bytes.escape_ascii())
+        })?;
+        // Not UTF-8: as if absent.
+        let text = |value: Option<Text>| value.unwrap_or_else(|| "".into());
         let id = match found.id {
             None => return Err(invalid("the message has no ce_id header")),
-            Some(raw) => std::str::from_utf8(raw).map_err(|_| {
-                invalid("the ce_id header is not UTF-8 text").with("ce_id", raw.escape_ascii())
-            })?,
+            // A UUID is ASCII: read from the bytes, without a UTF-8 check first. What does not
+            // parse goes the long way, for the error that says why.
+            Some(raw) => match Uuid::try_parse_ascii(raw) {
+                Ok(id) => id,
+                Err(_) => {
+                    let text = std::str::from_utf8(raw).map_err(|_| {
+                        invalid("the ce_id header is not UTF-8 text")
+                            .with("ce_id", raw.escape_ascii())
+                    })?;
+                    Uuid::parse_str(text).map_err(|e| {
+                        invalid("the ce_id header is not a UUID")
+                            .with("ce_id", text)
+                            .with_source(e)
+                    })?
+                }
+            },
         };
-        let id = Uuid::parse_str(id).map_err(|e| {
-            invalid("the ce_id header is not a UUID")
-                .with("ce_id", id)
-                .with_source(e)
-        })?;
         let minor_version = match text_of(found.minor_version) {
             None | Some("") => 0,
             Some(v) => v.parse().map_err(|e| {
@@ -168,26 +187,16 @@ impl EventMetadata {
                 })?
                 .with_timezone(&Utc),
         };
-        // Absent or not UTF-8: empty, as `Headers::get` has it.
-        let text = |slot, value: Option<&[u8]>| {
-            shared_text(slot, value.unwrap_or_default())
-                .unwrap_or_else(|| shared_text(slot, b"").unwrap_or_else(|| "".into()))
-        };
         Ok(Self {
             id,
             event_type,
             minor_version,
-            source: text(Recent::SOURCE, found.source),
-            source_host: text(Recent::SOURCE_HOST, found.source_host),
-            source_lib: text(Recent::SOURCE_LIB, found.source_lib),
+            source: text(source),
+            source_host: text(source_host),
+            source_lib: text(source_lib),
             time,
-            spec_version: found
-                .spec_version
-                .and_then(|v| shared_text(Recent::SPEC_VERSION, v))
-                .unwrap_or_else(|| {
-                    text(Recent::SPEC_VERSION, Some(CLOUDEVENTS_VERSION.as_bytes()))
-                }),
-            content_type: text(Recent::CONTENT_TYPE, found.content_type),
+            spec_version: spec_version.unwrap_or_else(|| CLOUDEVENTS_VERSION.into()),
+            content_type: text(content_type),
         })
     }
 }
@@ -299,34 +308,35 @@ impl serde::Serialize for Text {
     }
 }
 
-/// The text attributes read last on this thread, one slot each. A value equal to its slot's is
-/// shared from it, without a UTF-8 check or an allocation: consecutive events are mostly of one
-/// type from one service. A value that differs takes the slot.
+/// The text attributes read last on this thread, one slot each in the order of
+/// [`shared_texts`]. A value equal to its slot's is shared from it, without a UTF-8 check or an
+/// allocation: consecutive events are mostly of one type from one service. A value that differs
+/// takes the slot.
 struct Recent([Option<Arc<str>>; 6]);
 
 impl Recent {
-    const TYPE: usize = 0;
-    const SOURCE: usize = 1;
-    const SOURCE_HOST: usize = 2;
-    const SOURCE_LIB: usize = 3;
-    const SPEC_VERSION: usize = 4;
-    const CONTENT_TYPE: usize = 5;
-}
-
-thread_local! {
-    static RECENT: RefCell<Recent> = const { RefCell::new(Recent([const { None }; 6])) };
-}
-
-/// `value` as shared text, or `None` when it is not UTF-8.
-fn shared_text(slot: usize, value: &[u8]) -> Option<Text> {
-    RECENT.with(|recent| {
-        let kept = &mut recent.borrow_mut().0[slot];
+    /// `value` as shared text, or `None` when it is not UTF-8.
+    fn share(&mut self, slot: usize, value: &[u8]) -> Option<Text> {
+        let kept = &mut self.0[slot];
         if let Some(text) = kept.as_ref().filter(|t| t.as_bytes() == value) {
             return Some(Text(Arc::clone(text)));
         }
         let text: Arc<str> = std::str::from_utf8(value).ok()?.into();
         *kept = Some(Arc::clone(&text));
         Some(Text(text))
+    }
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent([const { None }; 6])) };
+}
+
+/// Type, source, source host, source library, spec version and content type as shared text,
+/// each `None` when it is not UTF-8. One visit to the thread's slots for all six.
+fn shared_texts(values: [&[u8]; 6]) -> [Option<Text>; 6] {
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        std::array::from_fn(|slot| recent.share(slot, values[slot]))
     })
 }
 
@@ -734,6 +744,26 @@ mod tests {
         headers.insert("ce_type", "");
         let err = EventMetadata::from_headers(&headers).unwrap_err();
         assert!(err.to_string().contains("no ce_type"), "{err}");
+    }
+
+    /// The id is read from its bytes; what does not parse still says why, and where.
+    #[test]
+    fn an_id_that_is_not_a_uuid_says_so() {
+        let with_id = |id: &[u8]| {
+            let mut headers = Headers::new();
+            headers.insert("ce_type", "org.openedx.t.v1");
+            headers.insert("ce_id", id);
+            EventMetadata::from_headers(&headers)
+        };
+        let id = Uuid::new_v4();
+        assert_eq!(with_id(id.to_string().as_bytes()).unwrap().id, id);
+        assert_eq!(with_id(id.simple().to_string().as_bytes()).unwrap().id, id);
+        let err = with_id(b"not-a-uuid").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidHeaders);
+        assert!(err.to_string().contains("not a UUID"), "{err}");
+        assert_eq!(err.context("ce_id"), Some("not-a-uuid"));
+        let err = with_id(&[0xff, 0xfe]).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 
     #[test]
