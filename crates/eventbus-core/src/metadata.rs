@@ -334,10 +334,13 @@ thread_local! {
 /// Type, source, source host, source library, spec version and content type as shared text,
 /// each `None` when it is not UTF-8. One visit to the thread's slots for all six.
 fn shared_texts(values: [&[u8]; 6]) -> [Option<Text>; 6] {
-    RECENT.with(|recent| {
-        let mut recent = recent.borrow_mut();
-        std::array::from_fn(|slot| recent.share(slot, values[slot]))
-    })
+    RECENT
+        .try_with(|recent| {
+            let mut recent = recent.borrow_mut();
+            std::array::from_fn(|slot| recent.share(slot, values[slot]))
+        })
+        // The thread is being torn down and its slots are gone: fresh copies, unshared.
+        .unwrap_or_else(|_| values.map(|value| std::str::from_utf8(value).ok().map(Text::from)))
 }
 
 /// A header value as text; `None` when absent or not UTF-8, as [`Headers::get`] has it.
