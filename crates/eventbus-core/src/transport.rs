@@ -419,13 +419,17 @@ impl Delivery {
     }
 
     /// Marks the message processed.
-    pub async fn ack(self) -> Result<()> {
-        self.settle(None).await
+    ///
+    /// The acknowledgement is handed to the backend now; the [`Settlement`] resolves once the
+    /// broker has it. Most backends settle at once, so a caller with many deliveries can poll
+    /// it once (`FutureExt::now_or_never`) and keep only those that wait: it is `Unpin`.
+    pub fn ack(self) -> Settlement {
+        self.settle(None)
     }
 
-    /// Asks for the message again after `delay`.
-    pub async fn nack(self, delay: Duration) -> Result<()> {
-        self.settle(Some(delay)).await
+    /// Asks for the message again after `delay`; handed to the backend now, like [`Delivery::ack`].
+    pub fn nack(self, delay: Duration) -> Settlement {
+        self.settle(Some(delay))
     }
 
     /// An ack (`None`) or a nack after the delay: one future type for both, so the consumer

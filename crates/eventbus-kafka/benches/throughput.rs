@@ -20,13 +20,12 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-
 use eventbus_core::serializer::confluent_frame;
-use eventbus_core::{Message, Subscription, Transport};
+use eventbus_core::{Message, Transport};
 use eventbus_kafka::KafkaSettings;
 use eventbus_testkit::bench::{
-    env_or, latency, print_comparison, print_latency, print_whole_bus, rate, whole_bus,
+    consume_acking, env_or, latency, print_comparison, print_latency, print_whole_bus, rate,
+    whole_bus,
 };
 use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use eventbus_testkit::openedx::{sample_login_message, SAMPLE_LOGIN_DATUM};
@@ -110,31 +109,6 @@ async fn raw_consume(bootstrap: &str, topic: &str, n: usize) -> Duration {
         .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
         .expect("commit");
     took
-}
-
-/// The eventbus side acknowledges each delivery, with up to eight acknowledgements on their way;
-/// timed like [`raw_consume`], from the first delivery.
-async fn bus_consume(transport: &Transport, topic: &str, n: usize) -> Duration {
-    let mut deliveries = transport
-        .subscriber
-        .subscribe(Subscription::new(topic, format!("bus-{topic}"), "c"))
-        .await
-        .expect("subscribe");
-    let mut acks = futures::stream::FuturesUnordered::new();
-    let mut first = None;
-    for _ in 0..n {
-        let d = deliveries.next().await.expect("open").expect("delivery");
-        first.get_or_insert_with(Instant::now);
-        std::hint::black_box(&d.message.payload);
-        acks.push(d.ack());
-        if acks.len() >= 8 {
-            acks.next().await.expect("one ack").expect("ack");
-        }
-    }
-    while let Some(acked) = acks.next().await {
-        acked.expect("ack");
-    }
-    first.map(|t| t.elapsed()).unwrap_or_default()
 }
 
 /// `EVENTBUS_BENCH_FETCH_WAIT_MS`: librdkafka's `fetch.wait.max.ms` for both consumers.
@@ -261,7 +235,8 @@ async fn main() {
                 let took = raw_consume(&bootstrap, &raw_topic, n).await;
                 best[2] = best[2].max(rate(n - 1, took));
             } else {
-                let took = bus_consume(&transport, &bus_topic, n).await;
+                let group = format!("bus-{bus_topic}");
+                let took = consume_acking(&transport, &bus_topic, &group, n, 8).await;
                 best[3] = best[3].max(rate(n - 1, took));
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventbus_core::{Bus, Envelope, Subscription, Transport};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::openedx::{sample_login, SessionLoginCompleted};
 
@@ -24,24 +24,36 @@ pub fn rate(n: usize, took: Duration) -> f64 {
 }
 
 /// Subscribes `group` to `topic` and takes `n` deliveries, acknowledging each with up to
-/// `in_flight` acknowledgements at once. Panics on any error: it is for benches.
+/// `in_flight` acknowledgements waiting at once. Returns the time from the first delivery to
+/// the last acknowledgement (joining a group can take seconds on some brokers). Panics on any
+/// error: it is for benches.
+///
+/// Each acknowledgement is polled once and kept only if it waits for the broker, as the
+/// consumer runner does: many finish at once (Kafka's offset store), and keeping those in a set
+/// would charge eventbus a node and a wake-up per message that no user pays.
 pub async fn consume_acking(
     transport: &Transport,
     topic: &str,
     group: &str,
     n: usize,
     in_flight: usize,
-) {
+) -> Duration {
     let mut deliveries = transport
         .subscriber
         .subscribe(Subscription::new(topic, group, "c"))
         .await
         .expect("eventbus subscribe");
     let mut acks = futures::stream::FuturesUnordered::new();
+    let mut first = None;
     for _ in 0..n {
         let d = deliveries.next().await.expect("open").expect("delivery");
+        first.get_or_insert_with(Instant::now);
         std::hint::black_box(&d.message.payload);
-        acks.push(d.ack());
+        let mut ack = d.ack();
+        match (&mut ack).now_or_never() {
+            Some(acked) => acked.expect("eventbus ack"),
+            None => acks.push(ack),
+        }
         if acks.len() >= in_flight {
             acks.next().await.expect("one ack").expect("eventbus ack");
         }
@@ -49,6 +61,7 @@ pub async fn consume_acking(
     while let Some(acked) = acks.next().await {
         acked.expect("eventbus ack");
     }
+    first.map(|t| t.elapsed()).unwrap_or_default()
 }
 
 /// The whole bus: `n` Open edX logins encoded to Avro and published in batches of `batch`,
