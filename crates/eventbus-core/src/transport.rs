@@ -642,6 +642,49 @@ mod tests {
         );
     }
 
+    /// Records which way it was settled, when it is called.
+    #[derive(Debug)]
+    struct Recorder(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Acknowledge for Recorder {
+        fn ack(self: Box<Self>) -> Settlement {
+            self.0.lock().expect("not poisoned").push("ack");
+            Settlement::done(Ok(()))
+        }
+        fn nack(self: Box<Self>, _delay: Duration) -> Settlement {
+            self.0.lock().expect("not poisoned").push("nack");
+            Settlement::done(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn ack_and_nack_reach_the_backend_at_the_call() {
+        use futures::FutureExt;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let delivery = |offset| {
+            let position = Position::Offset {
+                partition: 0,
+                offset,
+            };
+            let acker = Box::new(Recorder(Arc::clone(&seen)));
+            Delivery::new("t", Message::default(), position, 1, acker)
+        };
+        let mut acked = delivery(1).ack();
+        assert_eq!(
+            *seen.lock().expect("not poisoned"),
+            ["ack"],
+            "before any poll"
+        );
+        // Unpin: polled once in place, then kept or awaited.
+        assert!(matches!((&mut acked).now_or_never(), Some(Ok(()))));
+        let nacked = delivery(2).nack(Duration::from_secs(1));
+        assert_eq!(*seen.lock().expect("not poisoned"), ["ack", "nack"]);
+        nacked.await.expect("settled");
+        // Dropped unsettled: handed back once, as a nack.
+        drop(delivery(3));
+        assert_eq!(*seen.lock().expect("not poisoned"), ["ack", "nack", "nack"]);
+    }
+
     #[test]
     fn every_name_eventbus_writes_is_known() {
         use crate::metadata::header;
