@@ -556,15 +556,18 @@ fn single(partition: &Partition) -> TopicPartitionList {
 fn to_message(message: &BorrowedMessage<'_>) -> Message {
     // Each header read costs librdkafka a lookup and Rust a UTF-8 check of its name: read once,
     // into a list sized first (collected from `flat_map`, it grew twice per message).
-    let borrowed = message.headers();
-    let mut kafka_headers: Vec<(&str, &[u8])> =
-        Vec::with_capacity(borrowed.map_or(0, |h| h.count()));
-    kafka_headers.extend(
-        borrowed
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value.unwrap_or_default())),
-    );
+    let kafka_headers: Vec<(&str, &[u8])> = match message.headers() {
+        Some(borrowed) => {
+            let mut read = Vec::with_capacity(borrowed.count());
+            read.extend(
+                borrowed
+                    .iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default())),
+            );
+            read
+        }
+        None => Vec::new(),
+    };
     let key = message.key();
     let payload = message.payload().unwrap_or_default();
     let size = key.map_or(0, <[u8]>::len)
