@@ -281,7 +281,6 @@ impl Shared {
         if partitions.closed {
             return Err(gone());
         }
-        let has_queue = partitions.queues.contains_key(partition);
         let ready_before = partitions.ready.len();
         let state = partitions
             .states
@@ -305,8 +304,9 @@ impl Shared {
                 tracing::warn!(error = %e, ?partition, "cannot resume a partition");
             }
         }
-        // Its queue was left unread; the stream reads it again.
-        let room = was_full && has_queue && state.window.has_room();
+        // Its queue was left unread; the stream reads it again. (Looked up only then: most
+        // acks find room in the window.)
+        let room = was_full && state.window.has_room() && partitions.queues.contains_key(partition);
         let handed_out = partitions.ready.len() > ready_before;
         drop(guard);
         if room || handed_out {
