@@ -30,9 +30,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
 use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
 
-/// A finished event: its key, and its delivery and outcome unless a layer panicked.
-type Handled = (Option<KeyId>, Option<(Delivery, Outcome)>);
-
 /// Settlements on their way to the broker, per unit of concurrency, before the consumer stops
 /// fetching until the broker answers some: handling goes on while the broker confirms, so that
 /// acknowledgements can travel in batches.
@@ -174,18 +171,18 @@ pub(super) async fn run(
                 break;
             }
             Some((key, handled)) = handling.next(), if !handling.is_empty() => {
-                let mut finish = |(key, handled): Handled| {
+                let mut finish = |key, settle| {
                     queue.done(key);
-                    if let Some((delivery, outcome)) = handled {
-                        settle_or_keep(&mut settling, shared.settle(delivery, outcome));
+                    if let Some(settle) = settle {
+                        settle_or_keep(&mut settling, settle);
                     }
                 };
-                finish((key, handled));
+                finish(key, handled);
                 // The others done by now are taken in the same turn: the select's checks of
                 // shutdown and failure are paid once a turn rather than once an event.
                 poll_fn(|cx| {
-                    while let Poll::Ready(Some(done)) = handling.poll_next_unpin(cx) {
-                        finish(done);
+                    while let Poll::Ready(Some((key, settle))) = handling.poll_next_unpin(cx) {
+                        finish(key, settle);
                     }
                     Poll::Ready(())
                 })
@@ -249,9 +246,9 @@ pub(super) async fn run(
     let drain = async {
         loop {
             tokio::select! {
-                Some((_, handled)) = handling.next(), if !handling.is_empty() => {
-                    if let Some((delivery, outcome)) = handled {
-                        settle_or_keep(&mut settling, shared.settle(delivery, outcome));
+                Some((_, settle)) = handling.next(), if !handling.is_empty() => {
+                    if let Some(settle) = settle {
+                        settle_or_keep(&mut settling, settle);
                     }
                 }
                 Some(()) = settling.next(), if !settling.is_empty() => {}
@@ -323,17 +320,26 @@ async fn report_lag(
 }
 
 impl Shared {
-    /// Handles one event through the layers. `None` when a layer panicked: the delivery is
-    /// dropped, which sends it back to the broker, and the consumer lives on. (Receivers'
-    /// panics are outcomes already; the dispatcher catches them.)
+    /// Handles one event through the layers and settles it by its outcome: the future ends
+    /// with the event's key and what is left of settling, the broker's answer. `None` when a
+    /// layer panicked: the delivery is dropped, which sends it back to the broker, and the
+    /// consumer lives on. (Receivers' panics are outcomes already; the dispatcher catches
+    /// them.)
     ///
     /// What needs no waiting is done before the future is made, and the future holds little:
     /// the runner moves it into its set of events in flight, so its size is copied per event.
+    /// So is its output, which is why the delivery is settled here rather than handed back.
     fn handle(
         &self,
         key: Option<KeyId>,
         mut delivery: Delivery,
-    ) -> impl Future<Output = (Option<KeyId>, Option<(Delivery, Outcome)>)> + Send + '_ {
+    ) -> impl Future<
+        Output = (
+            Option<KeyId>,
+            Option<impl Future<Output = ()> + Send + Unpin>,
+        ),
+    > + Send
+           + '_ {
         let info = DeliveryInfo::take(
             &mut delivery,
             self.state.group_arc(),
@@ -347,7 +353,7 @@ impl Shared {
             let _in_flight = in_flight;
             let next = Next::new(&self.layers, &self.handler);
             match AssertUnwindSafe(next.run(&mut ctx)).catch_unwind().await {
-                Ok(outcome) => (key, Some((delivery, outcome))),
+                Ok(outcome) => (key, Some(self.settle(delivery, outcome))),
                 Err(_) => {
                     let e = Error::new(
                         ErrorKind::Receiver,
