@@ -13,6 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -28,7 +29,10 @@ use super::state::ConsumerState;
 use super::Consumer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::serializer::Serializer;
-use crate::transport::{Delivery, DeliveryStream, Subscriber, Subscription};
+use crate::transport::{Delivery, DeliveryStream, Settlement, Subscriber, Subscription};
+
+/// A handled event: its key, and its settlement unless a layer panicked.
+type Handled = (Option<KeyId>, Option<Settling>);
 
 /// Settlements on their way to the broker, per unit of concurrency, before the consumer stops
 /// fetching until the broker answers some: handling goes on while the broker confirms, so that
@@ -171,7 +175,7 @@ pub(super) async fn run(
                 break;
             }
             Some((key, handled)) = handling.next(), if !handling.is_empty() => {
-                let mut finish = |key, settle| {
+                let mut finish = |key, settle: Option<Settling>| {
                     queue.done(key);
                     if let Some(settle) = settle {
                         settle_or_keep(&mut settling, settle);
@@ -283,10 +287,7 @@ pub(super) async fn run(
 /// (the memory broker's, or a command handed to a backend's batching task), and a settlement
 /// kept costs a node in the set. Polling first with a no-op waker is sound: the set polls what
 /// it is given again, with its own waker, before it waits.
-fn settle_or_keep<S: Future<Output = ()> + Unpin>(
-    settling: &mut FuturesUnordered<S>,
-    mut settle: S,
-) {
+fn settle_or_keep(settling: &mut FuturesUnordered<Settling>, mut settle: Settling) {
     if (&mut settle).now_or_never().is_none() {
         settling.push(settle);
     }
@@ -333,13 +334,7 @@ impl Shared {
         &self,
         key: Option<KeyId>,
         mut delivery: Delivery,
-    ) -> impl Future<
-        Output = (
-            Option<KeyId>,
-            Option<impl Future<Output = ()> + Send + Unpin>,
-        ),
-    > + Send
-           + '_ {
+    ) -> impl Future<Output = Handled> + Send + '_ {
         let info = DeliveryInfo::take(
             &mut delivery,
             self.state.group_arc(),
@@ -369,7 +364,7 @@ impl Shared {
 
     /// Tells the broker how handling ended: an ack, or a nack that brings it back later. The
     /// outcome is read now; the future only waits for the broker.
-    fn settle(&self, delivery: Delivery, outcome: Outcome) -> impl Future<Output = ()> + Send {
+    fn settle(&self, delivery: Delivery, outcome: Outcome) -> Settling {
         let nack = match outcome {
             Outcome::Handled | Outcome::Skipped { .. } | Outcome::DeadLettered { .. } => None,
             Outcome::Retry { error, delay } => {
@@ -382,7 +377,19 @@ impl Shared {
             }
             Outcome::Release { delay, .. } => Some(delay),
         };
-        delivery.settle(nack).map(|settled| match settled {
+        Settling(delivery.settle(nack))
+    }
+}
+
+/// A settlement on its way to the broker, as the runner keeps it: the broker's answer alone, so
+/// that what the runner moves and holds per event is small. Its result is logged, not returned.
+struct Settling(Settlement);
+
+impl Future for Settling {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|settled| match settled {
             Ok(()) => {}
             // Handled, and the broker hands it out again: at-least-once, not a failure.
             Err(e) if e.kind() == ErrorKind::Reassigned => {
