@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use chrono::{SecondsFormat, Utc};
 
 use super::context::{Context, DeliveryInfo};
-use super::layer::{Layer, Next, Outcome};
+use super::layer::{Inner, Layer, Next, Outcome, Wrap};
+use crate::error::Error;
 use crate::transport::Message;
 
 /// Header names added to a dead-lettered message; the original headers stay as they were.
@@ -130,10 +131,23 @@ impl Layer for DeadLetterLayer {
     }
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
-        let (reason, error) = match next.run(ctx).await {
+        self.wrap(ctx, next).await
+    }
+}
+
+impl Wrap for DeadLetterLayer {
+    async fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> Outcome {
+        let (reason, error) = match inner.run(ctx).await {
             Outcome::GiveUp { reason, error } => (reason, error),
             other => return other,
         };
+        // Boxed: the publish is rare, and inline it would make every event's future larger.
+        Box::pin(self.dead_letter(ctx, reason, error)).await
+    }
+}
+
+impl DeadLetterLayer {
+    async fn dead_letter(&self, ctx: &Context, reason: Reason, error: Error) -> Outcome {
         let topic = topic_for(&self.template, ctx.topic());
         let error_text = error.to_string();
         tracing::warn!(reason = reason.as_str(), error = %error_text, topic = ctx.topic(), position = %ctx.position(), dead_letter_topic = %topic, "dead-lettering event");

@@ -24,6 +24,7 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -283,6 +284,26 @@ impl<'a> Next<'a> {
             None => self.handler.handle(ctx).await,
         }
     }
+}
+
+/// What a built-in layer wraps: the rest of the stack ([`Next`], a chain of trait objects) or,
+/// where the consumer runs the default layers as one future, the next built-in layer itself.
+/// Each built-in is written once, generic over this.
+pub(crate) trait Inner: Copy + Send + Sync {
+    /// Runs what is wrapped, once; a copy runs it again (a retry).
+    fn run(self, ctx: &mut Context) -> impl Future<Output = Outcome> + Send;
+}
+
+impl Inner for Next<'_> {
+    fn run(self, ctx: &mut Context) -> impl Future<Output = Outcome> + Send {
+        Next::run(self, ctx)
+    }
+}
+
+/// A built-in layer's policy, generic over what it wraps; its [`Layer::handle`] passes [`Next`].
+pub(crate) trait Wrap: Send + Sync {
+    /// Handles one delivery around `inner`.
+    fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> impl Future<Output = Outcome> + Send;
 }
 
 impl fmt::Debug for Next<'_> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::layer::{Layer, Next, Outcome};
+use super::layer::{Inner, Layer, Next, Outcome, Wrap};
 use super::Context;
 use crate::error::{Error, ErrorKind};
 
@@ -30,7 +30,13 @@ impl Layer for ErrorLimitLayer {
     }
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
-        let outcome = next.run(ctx).await;
+        self.wrap(ctx, next).await
+    }
+}
+
+impl Wrap for ErrorLimitLayer {
+    async fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> Outcome {
+        let outcome = inner.run(ctx).await;
         if matches!(outcome, Outcome::Handled | Outcome::Skipped { .. }) {
             ctx.consumer().record_success();
         } else if let Some(error) = outcome.error().filter(|_| outcome.is_failure()) {

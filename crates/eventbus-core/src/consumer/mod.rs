@@ -7,6 +7,7 @@
 pub mod batch;
 pub(crate) mod context;
 pub mod dead_letter;
+mod defaults;
 pub(crate) mod dispatch;
 pub(crate) mod layer;
 mod limits;
@@ -23,13 +24,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use self::defaults::DefaultLayers;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::health::Health;
 use crate::producer::Producer;
 use crate::serializer::Serializer;
 use crate::signal::{registered_signals, Receiver};
-use crate::telemetry::{MetricsLayer, TracingLayer};
 use crate::transport::ack_batch::AckBatching;
 use crate::transport::{StartPosition, Subscriber, Transport};
 
@@ -95,18 +96,7 @@ impl ConsumerStack {
     /// The default consumer stack for `settings`, outermost first: `tracing`, `metrics`,
     /// `error-limit`, `dead-letter`, `retry`, `timeout`.
     pub fn defaults(settings: &ConsumerSettings) -> Self {
-        let mut stack = ConsumerStack::new();
-        stack
-            .push(Arc::new(TracingLayer::new()))
-            .push(Arc::new(MetricsLayer::new()))
-            .push(Arc::new(ErrorLimitLayer::new()))
-            .push(Arc::new(
-                DeadLetterLayer::new(settings.dead_letter_topic.clone())
-                    .release_after(settings.retry.cap),
-            ))
-            .push(Arc::new(RetryLayer::new(settings.retry)))
-            .push(Arc::new(TimeoutLayer::new(settings.handler_timeout)));
-        stack
+        DefaultLayers::new(settings).stack(settings)
     }
 }
 
@@ -455,7 +445,8 @@ impl Consumer {
             tracing::debug!(group = %self.group, from = settings.concurrency, to = batch, "concurrency raised to the largest batch size");
             settings.concurrency = batch;
         }
-        let mut stack = ConsumerStack::defaults(&settings);
+        let defaults = DefaultLayers::new(&settings);
+        let mut stack = defaults.stack(&settings);
         for edit in self.edits {
             edit(&mut stack).map_err(|e| e.with("group", &self.group))?;
         }
@@ -478,12 +469,16 @@ impl Consumer {
             health: self.health,
             serializer: self.serializer,
             state,
-            layers: stack
-                .into_layers()
-                .iter()
-                .filter(|layer| !layer.passes_through())
-                .cloned()
-                .collect(),
+            layers: defaults
+                .fuse(
+                    stack
+                        .into_layers()
+                        .iter()
+                        .filter(|layer| !layer.passes_through())
+                        .cloned()
+                        .collect(),
+                )
+                .into(),
             layer_names,
             handler,
             start: self.start,

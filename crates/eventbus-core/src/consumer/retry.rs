@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::dead_letter::Reason;
-use super::layer::{Layer, Next, Outcome};
+use super::layer::{Inner, Layer, Next, Outcome, Wrap};
 use super::Context;
 use crate::error::{Error, ErrorKind};
 
@@ -69,6 +69,12 @@ impl Layer for RetryLayer {
     }
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        self.wrap(ctx, next).await
+    }
+}
+
+impl Wrap for RetryLayer {
+    async fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> Outcome {
         if ctx.attempt() > self.policy.max_attempts.max(1) {
             // Delivered more often than allowed without an ack: do not run it again.
             let error = Error::new(
@@ -83,7 +89,7 @@ impl Layer for RetryLayer {
             };
         }
         loop {
-            match next.run(ctx).await {
+            match inner.run(ctx).await {
                 Outcome::Retry { error, delay } if self.policy.retries_after(ctx.attempt()) => {
                     let wait = delay.unwrap_or_else(|| self.policy.delay(ctx.attempt()));
                     let (id, event_type) = match ctx.metadata() {
@@ -99,7 +105,9 @@ impl Layer for RetryLayer {
                         %error,
                         "handling failed; retrying"
                     );
-                    tokio::time::sleep(wait).await;
+                    // Boxed: a timer is large, and inline it would make every event's future
+                    // larger, retried or not.
+                    Box::pin(tokio::time::sleep(wait)).await;
                     ctx.set_attempt(ctx.attempt() + 1);
                 }
                 Outcome::Retry { error, .. } => {

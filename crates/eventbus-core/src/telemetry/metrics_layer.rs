@@ -8,6 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
+use crate::consumer::layer::{Inner, Wrap};
 use crate::consumer::{Context, Layer, Next, Outcome};
 use crate::error::Result;
 use crate::producer::{Outgoing, PublishLayer, PublishNext};
@@ -185,12 +186,18 @@ impl Layer for MetricsLayer {
     }
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        self.wrap(ctx, next).await
+    }
+}
+
+impl Wrap for MetricsLayer {
+    async fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> Outcome {
         let h = self.handles(ctx.topic(), ctx.group());
         h.consumed.increment(1);
         h.in_flight.increment(1.0);
         let started = Instant::now();
         let first_attempt = ctx.attempt();
-        let outcome = next.run(ctx).await;
+        let outcome = inner.run(ctx).await;
         h.in_flight.decrement(1.0);
         h.duration.record(started.elapsed().as_secs_f64());
         let retries = ctx.attempt().saturating_sub(first_attempt);

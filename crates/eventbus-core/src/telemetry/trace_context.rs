@@ -182,8 +182,9 @@ impl TraceContext {
     }
 
     /// Runs `future` with this as the current context.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        // Not an `async fn`, which would hold the future twice over: it runs in every event's.
+        CURRENT.scope(self, future)
     }
 }
 

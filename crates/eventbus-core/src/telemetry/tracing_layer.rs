@@ -1,11 +1,15 @@
 //! Spans after OpenTelemetry's messaging conventions: one per publish (kind producer) and one
 //! per handled delivery (kind consumer), linked through the W3C `traceparent` header.
 
+use std::future::Future;
+
 use async_trait::async_trait;
+use futures::FutureExt;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::trace_context::TraceContext;
+use crate::consumer::layer::{Inner, Wrap};
 use crate::consumer::{Context, Layer, Next, Outcome};
 use crate::error::Result;
 use crate::metadata::header;
@@ -35,6 +39,14 @@ impl Layer for TracingLayer {
     }
 
     async fn handle(&self, ctx: &mut Context, next: Next<'_>) -> Outcome {
+        self.wrap(ctx, next).await
+    }
+}
+
+impl Wrap for TracingLayer {
+    // Not an `async fn` (nor an `async` block): those hold the wrapped future twice over, made
+    // and then moved to be awaited, and this future is in every event's allocation.
+    fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> impl Future<Output = Outcome> + Send {
         let parent = TraceContext::from_headers(ctx.headers());
         let span = tracing::info_span!(
             "process",
@@ -65,9 +77,11 @@ impl Layer for TracingLayer {
         // After the fields above: an OpenTelemetry span starts when its ids are asked for.
         let own = own_context(&span, parent.as_ref(), Parent::Remote);
         record_ids(&span, &own);
-        let outcome = own.scope(next.run(ctx).instrument(span.clone())).await;
-        span.record("eventbus.outcome", outcome.as_str());
-        outcome
+        own.scope(inner.run(ctx).instrument(span.clone()))
+            .map(move |outcome| {
+                span.record("eventbus.outcome", outcome.as_str());
+                outcome
+            })
     }
 }
 
