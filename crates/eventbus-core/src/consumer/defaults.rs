@@ -159,17 +159,7 @@ mod tests {
             .replace("retry", Arc::new(RetryLayer::new(settings.retry)))
             .unwrap();
         let layers = fused_stack(&defaults, replaced);
-        assert_eq!(
-            names(&layers),
-            [
-                "tracing",
-                "metrics",
-                "error-limit",
-                "dead-letter",
-                "retry",
-                "timeout"
-            ]
-        );
+        assert_eq!(names(&layers), defaults.stack(&settings).names());
 
         let mut between = defaults.stack(&settings);
         between
