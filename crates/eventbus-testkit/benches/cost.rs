@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p eventbus-testkit --bench cost --no-run
-//! target/release/deps/cost-* PATH N      # PATH: publish | consume | runner | runner-bare
+//! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone
 //! ```
 //!
 //! Everything runs on one current-thread runtime inside a `measured_*` function, so that
@@ -13,6 +13,8 @@
 //!
 //! - `publish`: `send_batch` of Open edX login events in batches of 100 (metadata, headers,
 //!   Avro encode, the publish layers, the in-memory transport).
+//! - `send`: the same events one `send` each, as an application publishing one event at a
+//!   time does: everything done per batch is done per event.
 //! - `consume`: the consumer runner from the in-memory transport to a typed no-op receiver and
 //!   the ack (decode, dispatch, default layer stack).
 //! - `runner`: the same with a raw pass-through receiver (no codec), default layer stack.
@@ -174,6 +176,15 @@ fn measured_publish(rt: &tokio::runtime::Runtime, bus: &Bus, events: &[SessionLo
 }
 
 #[inline(never)]
+fn measured_send(rt: &tokio::runtime::Runtime, bus: &Bus, events: &[SessionLoginCompleted]) {
+    rt.block_on(async {
+        for event in events {
+            bus.producer().send(TOPIC, event).await.expect("send");
+        }
+    });
+}
+
+#[inline(never)]
 fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &str) {
     rt.block_on(async {
         let seen = Arc::new(AtomicUsize::new(0));
@@ -233,6 +244,13 @@ fn main() {
             COUNTING.store(true, Ordering::Relaxed);
             measured_publish(&rt, &bus, &events);
         }
+        "send" => {
+            let events = vec![sample_login(); n];
+            measured_send(&rt, &bus, &events[..BATCH]);
+            before = ALLOCATIONS.load(Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            measured_send(&rt, &bus, &events);
+        }
         "consume" | "runner" | "runner-bare" => {
             rt.block_on(published(&bus, n));
             before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -247,7 +265,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown path {other}: publish, consume, runner, runner-bare or runner-alone"
+                "unknown path {other}: publish, send, consume, runner, runner-bare or runner-alone"
             );
             std::process::exit(2);
         }

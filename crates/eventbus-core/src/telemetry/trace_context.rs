@@ -119,9 +119,16 @@ impl TraceContext {
     /// [`TraceContext::write_headers`] for every message of a batch: the value is written
     /// once and shared.
     pub(crate) fn write_headers_to_all<'a>(&self, all: impl IntoIterator<Item = &'a mut Headers>) {
-        let traceparent = bytes::Bytes::copy_from_slice(&self.traceparent_ascii());
-        for headers in all {
-            headers.insert_static(TRACEPARENT, traceparent.clone());
+        let mut traceparent = bytes::Bytes::copy_from_slice(&self.traceparent_ascii());
+        // The last message takes the value itself: a batch of one (a single `send`) then never
+        // clones it, and the first clone is what makes `Bytes` allocate its shared count.
+        let mut all = all.into_iter().peekable();
+        while let Some(headers) = all.next() {
+            let value = match all.peek() {
+                Some(_) => traceparent.clone(),
+                None => std::mem::take(&mut traceparent),
+            };
+            headers.insert_static(TRACEPARENT, value);
             match &self.state {
                 Some(state) => headers.insert_static(TRACESTATE, state.clone()),
                 None => headers.remove(TRACESTATE),

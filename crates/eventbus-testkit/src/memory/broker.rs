@@ -141,6 +141,10 @@ impl MemoryBroker {
 
     pub(crate) fn topic(&self, name: &str) -> Arc<Topic> {
         let mut topics = lock(&self.inner.topics);
+        // Looked up first: the entry API would copy the name for every publish.
+        if let Some(topic) = topics.get(name) {
+            return Arc::clone(topic);
+        }
         Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Topic {
                 state: Mutex::new(TopicState {
