@@ -65,12 +65,9 @@ impl DefaultLayers {
     /// names: a layer the application put in their place under the same name is its own.
     pub(crate) fn fuse(&self, mut layers: Vec<Arc<dyn Layer>>) -> Vec<Arc<dyn Layer>> {
         let ours = self.in_order();
-        let same = |a: &Arc<dyn Layer>, b: &Arc<dyn Layer>| {
-            std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
-        };
         let found = layers
             .windows(ours.len())
-            .position(|run| run.iter().zip(&ours).all(|(a, b)| same(a, b)));
+            .position(|run| run.iter().zip(&ours).all(|(a, b)| Arc::ptr_eq(a, b)));
         if let Some(at) = found {
             layers.splice(at..at + ours.len(), [Arc::new(Fused(self.clone())) as _]);
         }
