@@ -4,11 +4,14 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Headers;
+use time_text::TIME_LENGTH;
+
+pub(crate) mod time_text;
 
 /// Header names, as edx-event-bus-kafka writes them (and Pulsar properties reuse).
 pub mod header {
@@ -89,7 +92,7 @@ impl EventMetadata {
 
     /// The time as Python's `datetime.isoformat()` writes it: microseconds and `+00:00`.
     pub fn time_string(&self) -> String {
-        match time_ascii(&self.time) {
+        match time_text::write(&self.time) {
             Some(ascii) => String::from_utf8_lossy(&ascii).into_owned(),
             None => self.time.to_rfc3339_opts(SecondsFormat::Micros, false),
         }
@@ -179,13 +182,11 @@ impl EventMetadata {
         };
         let time = match text_of(found.time) {
             None | Some("") => Utc::now(),
-            Some(v) => DateTime::parse_from_rfc3339(v)
-                .map_err(|e| {
-                    invalid("the ce_time header is not an ISO-8601 time")
-                        .with("ce_time", v)
-                        .with_source(e)
-                })?
-                .with_timezone(&Utc),
+            Some(v) => time_text::parse(v).map_err(|e| {
+                invalid("the ce_time header is not an ISO-8601 time")
+                    .with("ce_time", v)
+                    .with_source(e)
+            })?,
         };
         Ok(Self {
             id,
@@ -427,7 +428,7 @@ impl Attributes<'_> {
     pub(crate) fn write_headers(&self, headers: &mut Headers) {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = self.id.hyphenated().encode_lower(&mut id);
-        let ascii = time_ascii(&self.time);
+        let ascii = time_text::write(&self.time);
         let formatted;
         let time: &[u8] = match &ascii {
             Some(ascii) => ascii,
@@ -525,7 +526,7 @@ impl SharedAttributes {
         // The id and the time share one allocation, each header a slice of it.
         let mut own = [0u8; ID + TIME_LENGTH];
         id.hyphenated().encode_lower(&mut own[..ID]);
-        let (id, time) = match time_ascii(&time) {
+        let (id, time) = match time_text::write(&time) {
             Some(ascii) => {
                 own[ID..].copy_from_slice(&ascii);
                 let own = Bytes::from_owner(own);
@@ -565,40 +566,6 @@ const CLOUDEVENTS_VERSION: &str = "1.0";
 
 /// `0`–`9`: small minor versions are a slice of this, not formatted text.
 const DIGITS: &[u8; 10] = b"0123456789";
-
-/// `2026-12-03T20:15:00.000000+00:00`
-const TIME_LENGTH: usize = 32;
-
-/// The time as [`EventMetadata::time_string`] writes it, in a fixed buffer; `None` for the
-/// years of other widths and leap seconds, which go through chrono.
-fn time_ascii(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
-    // Each field read from a `DateTime` converts it to local time again: read them from the
-    // naive UTC value instead.
-    let t = t.naive_utc();
-    let micros = t.nanosecond() / 1_000;
-    // chrono's formatter costs as much as the rest of the metadata; this is the same text
-    // written digit by digit.
-    if !(0..=9999).contains(&t.year()) || micros >= 1_000_000 {
-        return None;
-    }
-    let mut out = *b"0000-00-00T00:00:00.000000+00:00";
-    digits(&mut out[0..4], t.year().unsigned_abs());
-    digits(&mut out[5..7], t.month());
-    digits(&mut out[8..10], t.day());
-    digits(&mut out[11..13], t.hour());
-    digits(&mut out[14..16], t.minute());
-    digits(&mut out[17..19], t.second());
-    digits(&mut out[20..26], micros);
-    Some(out)
-}
-
-/// Writes `value` as decimal digits filling `out`, zero-padded.
-fn digits(out: &mut [u8], mut value: u32) {
-    for slot in out.iter_mut().rev() {
-        *slot = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -134,9 +134,7 @@ impl DeliveryInfo {
             Some(parsed) => parsed.as_ref().ok().map(|m| m.time),
             None => {
                 let text = self.message.headers.get(crate::metadata::header::TIME)?;
-                DateTime::parse_from_rfc3339(text)
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc))
+                crate::metadata::time_text::parse(text).ok()
             }
         }
     }
