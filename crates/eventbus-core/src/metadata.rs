@@ -172,19 +172,32 @@ impl EventMetadata {
                 }
             },
         };
-        let minor_version = match text_of(found.minor_version) {
-            None | Some("") => 0,
-            Some(v) => v.parse().map_err(|e| {
-                invalid("the ce_minorversion header is not a number")
-                    .with("ce_minorversion", v)
-                    .with_source(e)
-            })?,
+        // Not UTF-8: as if absent. Read from the bytes where they are one digit or a time of a
+        // second already read, the usual case.
+        let minor_version = match found.minor_version {
+            None | Some(b"") => 0,
+            Some(&[digit]) if digit.is_ascii_digit() => u32::from(digit - b'0'),
+            Some(raw) => match std::str::from_utf8(raw) {
+                Err(_) => 0,
+                Ok(v) => v.parse().map_err(|e| {
+                    invalid("the ce_minorversion header is not a number")
+                        .with("ce_minorversion", v)
+                        .with_source(e)
+                })?,
+            },
         };
-        let time = match text_of(found.time) {
-            None | Some("") => Utc::now(),
-            Some(v) => time_text::parse(v).map_err(|e| {
+        let time = match found
+            .time
+            .filter(|t| !t.is_empty())
+            .and_then(time_text::parse)
+        {
+            None => Utc::now(),
+            Some(read) => read.map_err(|e| {
                 invalid("the ce_time header is not an ISO-8601 time")
-                    .with("ce_time", v)
+                    .with(
+                        "ce_time",
+                        String::from_utf8_lossy(found.time.unwrap_or_default()),
+                    )
                     .with_source(e)
             })?,
         };
@@ -342,11 +355,6 @@ fn shared_texts(values: [&[u8]; 6]) -> [Option<Text>; 6] {
         })
         // The thread is being torn down and its slots are gone: fresh copies, unshared.
         .unwrap_or_else(|_| values.map(|value| std::str::from_utf8(value).ok().map(Text::from)))
-}
-
-/// A header value as text; `None` when absent or not UTF-8, as [`Headers::get`] has it.
-fn text_of(value: Option<&[u8]>) -> Option<&str> {
-    value.and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// The first value of each CloudEvents attribute in a header list, and how many `ce_type`
@@ -756,6 +764,35 @@ mod tests {
         // Absent: the defaults.
         assert_eq!(meta.spec_version, "1.0");
         assert_eq!(meta.minor_version, 0);
+    }
+
+    /// The minor version and the time are read from their bytes: one digit, several, text that
+    /// is no number or time (an error that names the header), bytes that are not text (as if
+    /// absent).
+    #[test]
+    fn minor_version_and_time_read_from_their_bytes() {
+        let read = |minor: &[u8], time: &[u8]| {
+            let mut headers = Headers::new();
+            headers.insert("ce_id", Uuid::new_v4().to_string());
+            headers.insert("ce_type", "org.openedx.t.v1");
+            headers.insert("ce_minorversion", minor);
+            headers.insert("ce_time", time);
+            EventMetadata::from_headers(&headers)
+        };
+        let time = b"2026-11-22T05:20:27.505586+00:00";
+        for (minor, expected) in [(&b"7"[..], 7), (b"12", 12), (b"", 0), (b"\xff", 0)] {
+            let meta = read(minor, time).unwrap();
+            assert_eq!(meta.minor_version, expected, "{minor:?}");
+            assert_eq!(meta.time_string(), "2026-11-22T05:20:27.505586+00:00");
+        }
+        let err = read(b"x", time).unwrap_err();
+        assert!(err.to_string().contains("ce_minorversion"), "{err}");
+        let err = read(b"1", b"yesterday").unwrap_err();
+        assert!(err.to_string().contains("ce_time"), "{err}");
+        assert!(err.to_string().contains("yesterday"), "{err}");
+        let before = Utc::now();
+        let meta = read(b"1", b"2026-11-22T05:20:27\xff+00:00").unwrap();
+        assert!(meta.time >= before, "not text: as if absent, so now");
     }
 
     /// Consecutive events share the text they have in common; text that changes, or is not

@@ -133,8 +133,11 @@ impl DeliveryInfo {
         match self.metadata.get() {
             Some(parsed) => parsed.as_ref().ok().map(|m| m.time),
             None => {
-                let text = self.message.headers.get(crate::metadata::header::TIME)?;
-                crate::metadata::time_text::parse(text).ok()
+                let text = self
+                    .message
+                    .headers
+                    .get_bytes(crate::metadata::header::TIME)?;
+                crate::metadata::time_text::parse(text)?.ok()
             }
         }
     }

@@ -56,14 +56,18 @@ pub(super) fn write(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
     Some(out)
 }
 
-/// Reads a `ce_time` as chrono's RFC 3339 parser does, in UTC.
-pub(crate) fn parse(text: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
-    if let Some(known) = read_known_second(text.as_bytes()) {
-        return Ok(known);
+/// Reads a `ce_time` as chrono's RFC 3339 parser does, in UTC; `None` when it is not UTF-8
+/// text. Bytes, not text: a time of the second already known is read without a UTF-8 check.
+pub(crate) fn parse(text: &[u8]) -> Option<Result<DateTime<Utc>, chrono::ParseError>> {
+    if let Some(known) = read_known_second(text) {
+        return Some(Ok(known));
     }
-    let t = DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc);
-    remember(text.as_bytes(), &t);
-    Ok(t)
+    let text = std::str::from_utf8(text).ok()?;
+    Some(DateTime::parse_from_rfc3339(text).map(|t| {
+        let t = t.with_timezone(&Utc);
+        remember(text.as_bytes(), &t);
+        t
+    }))
 }
 
 fn read_known_second(text: &[u8]) -> Option<DateTime<Utc>> {
@@ -192,28 +196,43 @@ mod tests {
         // Each text after each other one, so that every text meets every known second.
         for before in &texts {
             for text in &texts {
-                let _ = parse(before);
-                assert_eq!(
-                    parse(text).ok(),
-                    chrono_reads(text),
-                    "{text} after {before}"
-                );
+                let _ = parse(before.as_bytes());
+                let read = parse(text.as_bytes()).expect("UTF-8 text");
+                assert_eq!(read.ok(), chrono_reads(text), "{text} after {before}");
             }
         }
     }
 
     #[test]
+    fn bytes_that_are_not_text_are_no_time() {
+        parse(b"2026-12-03T20:15:00Z")
+            .expect("text")
+            .expect("a time");
+        assert!(parse(b"2026-12-03T20:15:00.5\xffZ").is_none());
+        assert!(parse(b"\xff2026-12-03T20:15:00Z").is_none());
+    }
+
+    #[test]
     fn an_offset_text_is_not_taken_for_the_utc_second() {
         assert_eq!(
-            parse("2026-12-03T20:15:00+02:00").unwrap().to_rfc3339(),
+            parse(b"2026-12-03T20:15:00+02:00")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
             "2026-12-03T18:15:00+00:00"
         );
         assert_eq!(
-            parse("2026-12-03T20:15:00.5+00:00").unwrap().to_rfc3339(),
+            parse(b"2026-12-03T20:15:00.5+00:00")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
             "2026-12-03T20:15:00.500+00:00"
         );
         assert_eq!(
-            parse("2026-12-03T20:15:00+02:00").unwrap().to_rfc3339(),
+            parse(b"2026-12-03T20:15:00+02:00")
+                .unwrap()
+                .unwrap()
+                .to_rfc3339(),
             "2026-12-03T18:15:00+00:00"
         );
     }
