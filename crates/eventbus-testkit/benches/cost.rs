@@ -32,11 +32,12 @@ use std::time::Duration;
 
 use eventbus_core::async_trait;
 use eventbus_core::consumer::DeliveryInfo;
+use eventbus_core::producer::Producer;
 use eventbus_core::transport::{
     Acknowledge, Delivery, DeliveryStream, Position, Settlement, Subscriber, Subscription,
     Transport,
 };
-use eventbus_core::{Bus, BusConfig, Envelope, Message, Result, SerializerKind};
+use eventbus_core::{Bus, BusConfig, Envelope, Message, Result, SerializerKind, TraceContext};
 use eventbus_testkit::memory::MemoryBroker;
 use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted};
 use futures::StreamExt;
@@ -119,14 +120,22 @@ impl Subscriber for Prepared {
     }
 }
 
+/// An encoded login as an eventbus producer publishes it: its CloudEvents headers and the
+/// `traceparent` its tracing layer writes, which the consumer's tracing layer reads back.
+fn login_message(producer: &Producer) -> Message {
+    let metadata = producer.metadata::<SessionLoginCompleted>();
+    let mut message: Message = producer
+        .encode(TOPIC, &sample_login(), &metadata, None)
+        .expect("encodes");
+    TraceContext::new_root().write_headers(&mut message.headers);
+    message
+}
+
 /// A bus whose subscriber hands out `n` logins as they would come off a broker.
 fn prepared_bus(n: usize) -> Bus {
     let memory = bus();
     let producer = memory.producer();
-    let metadata = producer.metadata::<SessionLoginCompleted>();
-    let message: Message = producer
-        .encode(TOPIC, &sample_login(), &metadata, None)
-        .expect("encodes");
+    let message = login_message(producer);
     let topic: Arc<str> = producer.settings().full_topic(TOPIC).into();
     let deliveries = (0..n)
         .map(|offset| {
@@ -149,10 +158,7 @@ fn prepared_bus(n: usize) -> Bus {
 /// `n` encoded logins, published before the measured part.
 async fn published(bus: &Bus, n: usize) {
     let producer = bus.producer();
-    let metadata = producer.metadata::<SessionLoginCompleted>();
-    let message: Message = producer
-        .encode(TOPIC, &sample_login(), &metadata, None)
-        .expect("encodes");
+    let message = login_message(producer);
     let full = producer.settings().full_topic(TOPIC);
     for _ in 0..n / BATCH {
         bus.transport()
