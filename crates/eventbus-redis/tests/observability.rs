@@ -286,6 +286,12 @@ async fn layers_traces_and_metrics(url: &str, topic: &str) {
         text.contains("eventbus_handler_duration_seconds_bucket"),
         "{text}"
     );
+    // The handled event's age since its `ce_time`, once.
+    assert_eq!(
+        metric(&text, "eventbus_end_to_end_latency_seconds_count", &series),
+        Some(1.0),
+        "{text}"
+    );
 
     // The consumer layer saw the producer layer's header on every attempt (2 + 1 retry).
     let seen = seen.0.lock().unwrap().clone();

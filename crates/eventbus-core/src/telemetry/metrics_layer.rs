@@ -3,7 +3,7 @@
 //! Install it before the first event: handles are looked up once per topic and kept.
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -208,11 +208,15 @@ impl Wrap for MetricsLayer {
             Outcome::Handled => {
                 h.handled.increment(1);
                 // A raw receiver's delivery has no parsed metadata: its time alone will do.
-                if let Some(sent) = ctx.delivery().sent_at() {
-                    let age = chrono::Utc::now() - sent;
-                    if let Ok(age) = age.to_std() {
-                        h.end_to_end.record(age.as_secs_f64());
-                    }
+                // Measured against the system clock as it reads, not as a calendar time:
+                // `Utc::now() - sent` turned seconds into a date and back, for every event.
+                let age = ctx.delivery().sent_at().and_then(|sent| {
+                    SystemTime::now()
+                        .duration_since(SystemTime::from(sent))
+                        .ok()
+                });
+                if let Some(age) = age {
+                    h.end_to_end.record(age.as_secs_f64());
                 }
             }
             Outcome::Skipped { .. } => h.skipped.increment(1),
