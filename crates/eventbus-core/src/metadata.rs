@@ -4,12 +4,12 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Headers;
-use time_text::TIME_LENGTH;
+use time_text::{TimeText, TIME_LENGTH};
 
 pub(crate) mod time_text;
 
@@ -92,9 +92,9 @@ impl EventMetadata {
 
     /// The time as Python's `datetime.isoformat()` writes it: microseconds and `+00:00`.
     pub fn time_string(&self) -> String {
-        match time_text::write(&self.time) {
-            Some(ascii) => String::from_utf8_lossy(&ascii).into_owned(),
-            None => self.time.to_rfc3339_opts(SecondsFormat::Micros, false),
+        match TimeText::at(&self.time) {
+            TimeText::Fixed(ascii) => String::from_utf8_lossy(&ascii).into_owned(),
+            TimeText::Other(text) => text,
         }
     }
 
@@ -436,14 +436,10 @@ impl Attributes<'_> {
     pub(crate) fn write_headers(&self, headers: &mut Headers) {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = self.id.hyphenated().encode_lower(&mut id);
-        let ascii = time_text::write(&self.time);
-        let formatted;
-        let time: &[u8] = match &ascii {
-            Some(ascii) => ascii,
-            None => {
-                formatted = self.time.to_rfc3339_opts(SecondsFormat::Micros, false);
-                formatted.as_bytes()
-            }
+        let text = TimeText::at(&self.time);
+        let time: &[u8] = match &text {
+            TimeText::Fixed(ascii) => ascii,
+            TimeText::Other(text) => text.as_bytes(),
         };
         let minor_text;
         let minor: &[u8] = match self.minor_version {
@@ -514,7 +510,7 @@ impl SharedAttributes {
     ) {
         self.write(
             Uuid::new_v4(),
-            Utc::now(),
+            TimeText::now(),
             event_type,
             minor_version,
             headers,
@@ -525,7 +521,7 @@ impl SharedAttributes {
     fn write(
         &self,
         id: Uuid,
-        time: DateTime<Utc>,
+        time: TimeText,
         event_type: &'static str,
         minor_version: u32,
         headers: &mut Headers,
@@ -534,16 +530,13 @@ impl SharedAttributes {
         // The id and the time share one allocation, each header a slice of it.
         let mut own = [0u8; ID + TIME_LENGTH];
         id.hyphenated().encode_lower(&mut own[..ID]);
-        let (id, time) = match time_text::write(&time) {
-            Some(ascii) => {
+        let (id, time) = match time {
+            TimeText::Fixed(ascii) => {
                 own[ID..].copy_from_slice(&ascii);
                 let own = Bytes::from_owner(own);
                 (own.slice(..ID), own.slice(ID..))
             }
-            None => (
-                Bytes::copy_from_slice(&own[..ID]),
-                Bytes::from(time.to_rfc3339_opts(SecondsFormat::Micros, false)),
-            ),
+            TimeText::Other(text) => (Bytes::copy_from_slice(&own[..ID]), Bytes::from(text)),
         };
         let minor = match minor_version {
             v @ 0..=9 => Bytes::from_static(std::slice::from_ref(&DIGITS[v as usize])),
@@ -578,6 +571,7 @@ const DIGITS: &[u8; 10] = b"0123456789";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::SecondsFormat;
 
     #[test]
     fn headers_round_trip() {
@@ -607,7 +601,13 @@ mod tests {
             let shared = SharedAttributes::new("openedx/svc/web", "host-1", "application/avro");
             let id = Uuid::new_v4();
             let mut written = Headers::new();
-            shared.write(id, time, "org.example.a.v1", minor, &mut written);
+            shared.write(
+                id,
+                TimeText::at(&time),
+                "org.example.a.v1",
+                minor,
+                &mut written,
+            );
             let mut meta =
                 EventMetadata::new("org.example.a.v1", minor, "openedx/svc/web", "host-1");
             meta.id = id;

@@ -8,8 +8,9 @@
 //! or read their fraction.
 
 use std::cell::Cell;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Timelike, Utc};
 
 /// `2026-12-03T20:15:00.000000+00:00`
 pub(super) const TIME_LENGTH: usize = 32;
@@ -17,38 +18,80 @@ pub(super) const TIME_LENGTH: usize = 32;
 /// `2026-12-03T20:15:00`: the text that names one second.
 const SECONDS: usize = 19;
 
-/// A whole second, and a text that starts with its name. The second is kept as chrono keeps a
-/// time, a calendar date and a time of day: turning seconds since the epoch into a date is what
-/// this spares.
+/// A whole second, and a text that starts with its name.
 #[derive(Clone, Copy)]
-struct Second {
-    at: NaiveDateTime,
+struct Second<At> {
+    at: At,
     text: [u8; TIME_LENGTH],
 }
 
 thread_local! {
-    /// The last second written, as a whole time with a zero fraction.
-    static WRITTEN: Cell<Option<Second>> = const { Cell::new(None) };
-    /// The last second read. Only from a UTC text that chrono read: the same text up to the
-    /// seconds, followed by a fraction and a UTC offset, is then the same second.
-    static READ: Cell<Option<Second>> = const { Cell::new(None) };
+    /// The last second written, in seconds since the epoch (what the clock reads), with its
+    /// whole text and a zero fraction.
+    static WRITTEN: Cell<Option<Second<i64>>> = const { Cell::new(None) };
+    /// The last second read, kept as chrono keeps a time (a calendar date and a time of day).
+    /// Only from a UTC text that chrono read: the same text up to the seconds, followed by a
+    /// fraction and a UTC offset, is then the same second.
+    static READ: Cell<Option<Second<NaiveDateTime>>> = const { Cell::new(None) };
+}
+
+/// A time as the `ce_time` header holds it.
+pub(super) enum TimeText {
+    /// The years 0–9999: the fixed-width text.
+    Fixed([u8; TIME_LENGTH]),
+    /// Other years and leap seconds, as chrono writes them.
+    Other(String),
+}
+
+impl TimeText {
+    pub(super) fn at(t: &DateTime<Utc>) -> Self {
+        match write(t) {
+            Some(fixed) => Self::Fixed(fixed),
+            None => Self::Other(t.to_rfc3339_opts(SecondsFormat::Micros, false)),
+        }
+    }
+
+    /// Now, from the system clock's seconds and microseconds: within a second already written
+    /// no calendar date is made at all.
+    pub(super) fn now() -> Self {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).ok();
+        let fixed = since.and_then(|since| {
+            let secs = i64::try_from(since.as_secs()).ok()?;
+            written(secs, since.subsec_micros(), || {
+                DateTime::from_timestamp(secs, 0)
+            })
+        });
+        match fixed {
+            Some(fixed) => Self::Fixed(fixed),
+            // A clock before 1970.
+            None => Self::at(&Utc::now()),
+        }
+    }
 }
 
 /// The time as Python writes a UTC `datetime`, microseconds and `+00:00`, in a fixed buffer;
 /// `None` for the years of other widths and for leap seconds, which go through chrono.
 pub(super) fn write(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
-    let t = t.naive_utc();
     // A leap second's fraction is a second or more.
-    let micros = t.nanosecond() / 1_000;
+    let micros = t.timestamp_subsec_micros();
     if micros >= 1_000_000 {
         return None;
     }
-    let second = t.with_nanosecond(0)?;
+    written(t.timestamp(), micros, || Some(*t))
+}
+
+/// The text of `secs` since the epoch and `micros`; `second` gives that second as a calendar
+/// time when it is not the one last written.
+fn written(
+    secs: i64,
+    micros: u32,
+    second: impl FnOnce() -> Option<DateTime<Utc>>,
+) -> Option<[u8; TIME_LENGTH]> {
     let mut out = match WRITTEN.get() {
-        Some(known) if known.at == second => known.text,
+        Some(known) if known.at == secs => known.text,
         _ => {
-            let text = second_text(&second)?;
-            WRITTEN.set(Some(Second { at: second, text }));
+            let text = second_text(&second()?.naive_utc())?;
+            WRITTEN.set(Some(Second { at: secs, text }));
             text
         }
     };
@@ -235,6 +278,25 @@ mod tests {
                 .to_rfc3339(),
             "2026-12-03T18:15:00+00:00"
         );
+    }
+
+    /// Now, written from the clock's seconds, is the time between the instants read before
+    /// and after it, to the microsecond, whether its second was written before or not.
+    #[test]
+    fn now_is_written_from_the_clock() {
+        for _ in 0..3 {
+            let before = Utc::now();
+            let TimeText::Fixed(text) = TimeText::now() else {
+                panic!("a four-digit year");
+            };
+            let after = Utc::now();
+            let read = chrono_reads(std::str::from_utf8(&text).unwrap()).unwrap();
+            assert!(
+                before.timestamp_micros() <= read.timestamp_micros()
+                    && read.timestamp_micros() <= after.timestamp_micros(),
+                "{before} <= {read} <= {after}"
+            );
+        }
     }
 
     /// Many events of one second, and the seconds around it, write what chrono writes.
