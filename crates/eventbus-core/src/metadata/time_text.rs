@@ -71,7 +71,7 @@ impl TimeText {
 
 /// The time as Python writes a UTC `datetime`, microseconds and `+00:00`, in a fixed buffer;
 /// `None` for the years of other widths and for leap seconds, which go through chrono.
-pub(super) fn write(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
+fn write(t: &DateTime<Utc>) -> Option<[u8; TIME_LENGTH]> {
     // A leap second's fraction is a second or more.
     let micros = t.timestamp_subsec_micros();
     if micros >= 1_000_000 {
@@ -257,27 +257,19 @@ mod tests {
 
     #[test]
     fn an_offset_text_is_not_taken_for_the_utc_second() {
-        assert_eq!(
-            parse(b"2026-12-03T20:15:00+02:00")
-                .unwrap()
-                .unwrap()
-                .to_rfc3339(),
-            "2026-12-03T18:15:00+00:00"
+        let (offset, utc) = (
+            &b"2026-12-03T20:15:00+02:00"[..],
+            &b"2026-12-03T20:15:00.5+00:00"[..],
         );
-        assert_eq!(
-            parse(b"2026-12-03T20:15:00.5+00:00")
-                .unwrap()
-                .unwrap()
-                .to_rfc3339(),
-            "2026-12-03T20:15:00.500+00:00"
-        );
-        assert_eq!(
-            parse(b"2026-12-03T20:15:00+02:00")
-                .unwrap()
-                .unwrap()
-                .to_rfc3339(),
-            "2026-12-03T18:15:00+00:00"
-        );
+        // The UTC text's second is known when the offset text comes again.
+        for (text, read) in [
+            (offset, "2026-12-03T18:15:00+00:00"),
+            (utc, "2026-12-03T20:15:00.500+00:00"),
+            (offset, "2026-12-03T18:15:00+00:00"),
+        ] {
+            let time = parse(text).expect("text").expect("a time");
+            assert_eq!(time.to_rfc3339(), read);
+        }
     }
 
     /// Now, written from the clock's seconds, is the time between the instants read before
