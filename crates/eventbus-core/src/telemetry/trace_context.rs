@@ -75,7 +75,7 @@ impl TraceContext {
         if !value.is_ascii() || value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
             return None;
         }
-        let version = hex_byte(value[0], value[1])?;
+        let version = hex_byte(&value[0..2])?;
         if version == 0xff || (version == 0 && value.len() != 55) {
             return None;
         }
@@ -90,7 +90,7 @@ impl TraceContext {
         Some(Self {
             trace_id,
             span_id,
-            flags: hex_byte(value[53], value[54])?,
+            flags: hex_byte(&value[53..55])?,
             state: tracestate
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -205,9 +205,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Two hex digits as a byte.
-fn hex_byte(high: u8, low: u8) -> Option<u8> {
-    let (high, low) = (HEX_DIGITS[usize::from(high)], HEX_DIGITS[usize::from(low)]);
-    (high | low < 16).then_some(high << 4 | low)
+fn hex_byte(digits: &[u8]) -> Option<u8> {
+    hex_bytes::<1>(digits).map(|[byte]| byte)
 }
 
 /// `N` bytes from `2 * N` hex digits.
