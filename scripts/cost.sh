@@ -16,7 +16,7 @@ n2=${N2:-3000}
 paths=("$@")
 [ ${#paths[@]} -gt 0 ] || paths=(publish send consume runner runner-bare runner-alone)
 
-bin=$(cargo bench --locked -p eventbus-testkit --bench cost --no-run 2>&1 \
+bin=$(cargo bench --locked -p eventbus-testkit --features conformance --bench cost --no-run 2>&1 \
     | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
 [ -x "$bin" ] || { echo "error: the cost bench did not build" >&2; exit 1; }
 

@@ -2,7 +2,7 @@
 //! counting allocator (heap allocations): `scripts/cost.sh` runs it and prints the table.
 //!
 //! ```text
-//! cargo bench -p eventbus-testkit --bench cost --no-run
+//! cargo bench -p eventbus-testkit --features conformance --bench cost --no-run
 //! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone
 //! ```
 //!
@@ -26,7 +26,7 @@
 #![allow(missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use eventbus_core::transport::{
     Transport,
 };
 use eventbus_core::{Bus, BusConfig, Envelope, Message, Result, SerializerKind, TraceContext};
+use eventbus_testkit::bench::Countdown;
 use eventbus_testkit::memory::MemoryBroker;
 use eventbus_testkit::openedx::{sample_login, SessionLoginCompleted};
 use futures::StreamExt;
@@ -193,14 +194,9 @@ fn measured_send(rt: &tokio::runtime::Runtime, bus: &Bus, events: &[SessionLogin
 #[inline(never)]
 fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &str) {
     rt.block_on(async {
-        let seen = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(tokio::sync::Notify::new());
-        let (counter, finished) = (Arc::clone(&seen), Arc::clone(&done));
-        let count = move || {
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                finished.notify_one();
-            }
-        };
+        let countdown = Countdown::new(n);
+        let seen = Arc::clone(&countdown);
+        let count = move || seen.count();
         let consumer = bus.consumer(TOPIC, "cost");
         let consumer = match mode {
             "consume" => consumer.handle(move |e: Envelope<SessionLoginCompleted>| {
@@ -225,7 +221,7 @@ fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &st
             }
         };
         let handle = consumer.start().await.expect("starts");
-        done.notified().await;
+        countdown.finished().await;
         handle.shutdown().await.expect("shuts down");
     });
 }

@@ -1,19 +1,18 @@
 //! In-memory throughput: the transport alone (publish, deliver, ack) and end to end through
 //! producer, Avro, consumer runner and a no-op receiver. Run with
-//! `cargo bench -p eventbus-testkit --bench memory`.
+//! `cargo bench -p eventbus-testkit --features conformance --bench memory`.
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use eventbus_core::{Bus, BusConfig, Envelope, Event, Message, SerializerKind, Subscription};
+use eventbus_testkit::bench::Countdown;
 use eventbus_testkit::memory::MemoryBroker;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 const EVENTS: usize = 20_000;
 const BATCH: usize = 500;
@@ -73,15 +72,13 @@ async fn end_to_end_once() -> Duration {
         SerializerKind::Avro,
         BusConfig::new(),
     );
-    let (counter, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-    let finished = Arc::clone(&done);
+    let countdown = Countdown::new(EVENTS);
+    let seen = Arc::clone(&countdown);
     let consumer = bus
         .consumer("ticks", "bench")
         .configure(|s| s.concurrency = 8)
         .handle(move |_: Envelope<Tick>| {
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS {
-                finished.notify_one();
-            }
+            seen.count();
             async { Ok::<_, std::convert::Infallible>(()) }
         })
         .start()
@@ -104,9 +101,7 @@ async fn end_to_end_once() -> Duration {
             .await
             .expect("publishes");
     }
-    // Waited for, not polled in a loop: a spinning waiter would take one of the two cores from
-    // the consumer it measures.
-    done.notified().await;
+    countdown.finished().await;
     let elapsed = started.elapsed();
     consumer.shutdown().await.expect("shuts down");
     elapsed

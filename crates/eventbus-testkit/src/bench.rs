@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use eventbus_core::{Bus, Envelope, Subscription, Transport};
 use futures::{FutureExt, StreamExt};
+use tokio::sync::Notify;
 
 use crate::openedx::{sample_login, SessionLoginCompleted};
 
@@ -64,6 +65,39 @@ pub async fn consume_acking(
     first.map(|t| t.elapsed()).unwrap_or_default()
 }
 
+/// Counts the events a bench's receiver sees and wakes whoever waits for the last of them.
+/// Waited for, not polled in a loop: a spinning waiter would take a core from the consumer
+/// being measured.
+#[derive(Debug)]
+pub struct Countdown {
+    seen: AtomicUsize,
+    of: usize,
+    done: Notify,
+}
+
+impl Countdown {
+    /// A countdown of `of` events, to share with the receiver.
+    pub fn new(of: usize) -> Arc<Self> {
+        Arc::new(Self {
+            seen: AtomicUsize::new(0),
+            of,
+            done: Notify::new(),
+        })
+    }
+
+    /// One event seen.
+    pub fn count(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.of {
+            self.done.notify_one();
+        }
+    }
+
+    /// Returns once all of them have been seen, before or after this is called.
+    pub async fn finished(&self) {
+        self.done.notified().await;
+    }
+}
+
 /// The whole bus: `n` Open edX logins encoded to Avro and published in batches of `batch`,
 /// then decoded and dispatched to a receiver by the core's consumer runner, which acknowledges
 /// each. Returns (published, consumed) events per second.
@@ -77,23 +111,20 @@ pub async fn whole_bus(bus: &Bus, topic: &str, n: usize, batch: usize) -> (f64, 
             .expect("send_batch");
     }
     let published = rate(n, t.elapsed());
-    let seen = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let (counter, finished) = (seen.clone(), done.clone());
+    let countdown = Countdown::new(n);
+    let seen = Arc::clone(&countdown);
     let t = Instant::now();
     let consumer = bus
         .consumer(topic, "bus-e2e")
         .handle(move |e: Envelope<SessionLoginCompleted>| {
             std::hint::black_box(e.event());
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                finished.notify_one();
-            }
+            seen.count();
             async { Ok::<_, std::io::Error>(()) }
         })
         .start()
         .await
         .expect("start consumer");
-    done.notified().await;
+    countdown.finished().await;
     let consumed = rate(n, t.elapsed());
     consumer.shutdown().await.expect("shutdown");
     (published, consumed)

@@ -6,14 +6,13 @@
 //! `cargo bench -p eventbus --features telemetry --bench layers`.
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventbus::{AvroRecord, Bus, BusConfig, Envelope, Event, SerializerKind, StartPosition};
+use eventbus_testkit::bench::Countdown;
 use eventbus_testkit::memory::MemoryBroker;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tracing_subscriber::layer::SubscriberExt;
 
 const EVENTS: usize = 20_000;
@@ -32,15 +31,13 @@ struct Tick {
 }
 
 async fn consume_once(bus: &Bus, group: &str, layers: bool) -> Duration {
-    let (counter, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
-    let finished = Arc::clone(&done);
+    let countdown = Countdown::new(EVENTS);
+    let seen = Arc::clone(&countdown);
     let mut consumer = bus
         .consumer("ticks", group)
         .start_at(StartPosition::Earliest)
         .handle(move |_: Envelope<Tick>| {
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS {
-                finished.notify_one();
-            }
+            seen.count();
             async { Ok::<_, std::convert::Infallible>(()) }
         });
     if !layers {
@@ -51,9 +48,7 @@ async fn consume_once(bus: &Bus, group: &str, layers: bool) -> Duration {
     }
     let started = Instant::now();
     let handle = consumer.start().await.expect("starts");
-    // Waited for, not polled in a loop: a spinning waiter would take a core from the consumer
-    // it measures.
-    done.notified().await;
+    countdown.finished().await;
     let elapsed = started.elapsed();
     handle.shutdown().await.expect("shuts down");
     elapsed
