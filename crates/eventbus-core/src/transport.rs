@@ -84,10 +84,12 @@ impl Headers {
 
     /// The first value of `name`, as it was sent.
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_ref())
+        self.get_shared(name).map(Bytes::as_ref)
+    }
+
+    /// The first value of `name`, shared rather than copied.
+    pub(crate) fn get_shared(&self, name: &str) -> Option<&Bytes> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// Every value of `name`, in order.

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use super::trace_context::TraceContext;
+use super::trace_context::{Current, TraceContext};
 use crate::consumer::layer::{Inner, Wrap};
 use crate::consumer::{Context, Layer, Next, Outcome};
 use crate::error::Result;
@@ -47,7 +47,6 @@ impl Wrap for TracingLayer {
     // Not an `async fn` (nor an `async` block): those hold the wrapped future twice over, made
     // and then moved to be awaited, and this future is in every event's allocation.
     fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> impl Future<Output = Outcome> + Send {
-        let parent = TraceContext::from_headers(ctx.headers());
         let span = tracing::info_span!(
             "process",
             otel.name = Empty,
@@ -64,7 +63,11 @@ impl Wrap for TracingLayer {
             parent_span_id = Empty,
             eventbus.outcome = Empty,
         );
-        if !span.is_disabled() {
+        let current = if span.is_disabled() {
+            // Nobody records the span's ids: only a publish from the receiver needs them.
+            Current::child_of(ctx.headers())
+        } else {
+            let parent = TraceContext::from_headers(ctx.headers());
             span.record("otel.name", format!("process {}", ctx.topic()));
             if let Some(parent) = &parent {
                 span.record("parent_span_id", parent.span_id_hex());
@@ -73,11 +76,13 @@ impl Wrap for TracingLayer {
                 span.record("messaging.message.id", m.id.to_string());
                 span.record("cloudevents.event_type", m.event_type.as_str());
             }
-        }
-        // After the fields above: an OpenTelemetry span starts when its ids are asked for.
-        let own = own_context(&span, parent.as_ref(), Parent::Remote);
-        record_ids(&span, &own);
-        own.scope(inner.run(ctx).instrument(span.clone()))
+            // After the fields above: an OpenTelemetry span starts when its ids are asked for.
+            let own = own_context(&span, parent.as_ref(), Parent::Remote);
+            record_ids(&span, &own);
+            Current::Known(own)
+        };
+        current
+            .scope(inner.run(ctx).instrument(span.clone()))
             .map(move |outcome| {
                 span.record("eventbus.outcome", outcome.as_str());
                 outcome
