@@ -2,6 +2,7 @@
 //! and can change its messages (add headers), time it or refuse it.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -54,6 +55,90 @@ impl ProducerStack {
     }
 }
 
+/// The default layers, kept by their types as well, so that a producer can tell whether its
+/// stack still holds them after the application's edits.
+#[derive(Clone, Default)]
+pub(crate) struct PublishDefaults {
+    tracing: Arc<PublishTracingLayer>,
+    metrics: Arc<PublishMetricsLayer>,
+}
+
+impl PublishDefaults {
+    /// The default stack, outermost first.
+    pub(crate) fn layers(&self) -> Arc<[Arc<dyn PublishLayer>]> {
+        self.in_order().into()
+    }
+
+    fn in_order(&self) -> [Arc<dyn PublishLayer>; 2] {
+        [
+            Arc::clone(&self.tracing) as Arc<dyn PublishLayer>,
+            Arc::clone(&self.metrics) as Arc<dyn PublishLayer>,
+        ]
+    }
+
+    /// `layers` with the defaults replaced by one layer that runs them as one future, where
+    /// they stand next to each other in their order: through the stack's trait objects each
+    /// layer boxes a future per publish call. The very layers are looked for, not their names.
+    pub(crate) fn fuse(&self, layers: &[Arc<dyn PublishLayer>]) -> Arc<[Arc<dyn PublishLayer>]> {
+        let ours = self.in_order();
+        let mut layers = layers.to_vec();
+        let found = layers
+            .windows(ours.len())
+            .position(|run| run.iter().zip(&ours).all(|(a, b)| Arc::ptr_eq(a, b)));
+        if let Some(at) = found {
+            layers.splice(at..at + ours.len(), [Arc::new(Fused(self.clone())) as _]);
+        }
+        layers.into()
+    }
+}
+
+/// `tracing` around `metrics` around the rest of the stack, as one layer.
+struct Fused(PublishDefaults);
+
+#[async_trait]
+impl PublishLayer for Fused {
+    fn name(&self) -> &str {
+        "tracing+metrics"
+    }
+
+    async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
+        let metrics = Then(&*self.0.metrics, next);
+        self.0.tracing.wrap(out, metrics).await
+    }
+}
+
+/// What a publish layer wraps: the rest of the stack, or another layer around it.
+pub(crate) trait PublishInner: Send + Sync {
+    /// Publishes the batch through what is wrapped.
+    fn run(self, out: &mut Outgoing) -> impl Future<Output = Result<Vec<Position>>> + Send;
+}
+
+impl PublishInner for PublishNext<'_> {
+    fn run(self, out: &mut Outgoing) -> impl Future<Output = Result<Vec<Position>>> + Send {
+        PublishNext::run(self, out)
+    }
+}
+
+/// A publish layer written once, generic over what it wraps, so that the default layers nest
+/// as one future.
+pub(crate) trait PublishWrap: Send + Sync {
+    /// Publishes one batch around `inner`.
+    fn wrap<I: PublishInner>(
+        &self,
+        out: &mut Outgoing,
+        inner: I,
+    ) -> impl Future<Output = Result<Vec<Position>>> + Send;
+}
+
+/// `layer` around `inner`, itself something a layer can wrap.
+struct Then<'l, L, I>(&'l L, I);
+
+impl<L: PublishWrap, I: PublishInner> PublishInner for Then<'_, L, I> {
+    fn run(self, out: &mut Outgoing) -> impl Future<Output = Result<Vec<Position>>> + Send {
+        self.0.wrap(out, self.1)
+    }
+}
+
 /// The rest of the producer stack below a layer, ending at the backend's publisher.
 #[derive(Clone, Copy)]
 pub struct PublishNext<'a> {
@@ -94,5 +179,57 @@ impl fmt::Debug for PublishNext<'_> {
         f.debug_struct("PublishNext")
             .field("layers", &names)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(layers: &[Arc<dyn PublishLayer>]) -> Vec<&str> {
+        layers.iter().map(|l| l.name()).collect()
+    }
+
+    fn stack_of(layers: &[Arc<dyn PublishLayer>]) -> ProducerStack {
+        let mut stack = ProducerStack::new();
+        for layer in layers {
+            stack.push(Arc::clone(layer));
+        }
+        stack
+    }
+
+    const FUSED: &str = "tracing+metrics";
+
+    #[test]
+    fn the_defaults_run_as_one_layer_where_they_stand_untouched() {
+        let defaults = PublishDefaults::default();
+        assert_eq!(names(&defaults.fuse(&defaults.layers())), [FUSED]);
+
+        let mut around = stack_of(&defaults.layers());
+        around.push_outer(Arc::new(PublishMetricsLayer::new()));
+        around.push(Arc::new(PublishTracingLayer::new()));
+        let layers = defaults.fuse(&around.into_layers());
+        assert_eq!(names(&layers), ["metrics", FUSED, "tracing"]);
+    }
+
+    #[test]
+    fn a_default_replaced_under_its_name_or_split_off_is_not_fused() {
+        let defaults = PublishDefaults::default();
+        let mut replaced = stack_of(&defaults.layers());
+        replaced
+            .replace("metrics", Arc::new(PublishMetricsLayer::new()))
+            .unwrap();
+        let layers = defaults.fuse(&replaced.into_layers());
+        assert_eq!(names(&layers), ["tracing", "metrics"]);
+
+        let mut between = stack_of(&defaults.layers());
+        between
+            .insert_after("tracing", Arc::new(PublishTracingLayer::new()))
+            .unwrap();
+        assert_eq!(defaults.fuse(&between.into_layers()).len(), 3);
+
+        // Another producer's defaults are other layers.
+        let other = PublishDefaults::default();
+        assert_eq!(other.fuse(&defaults.layers()).len(), 2);
     }
 }

@@ -1,10 +1,12 @@
 //! The producer: typed events in, messages with Open edX headers out, through a stack of
 //! [`PublishLayer`]s to the backend.
 
-mod layer;
+pub(crate) mod layer;
 
+use self::layer::PublishDefaults;
 pub use self::layer::{Outgoing, ProducerStack, PublishLayer, PublishNext};
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -48,9 +50,15 @@ impl ProducerSettings {
 
     /// The full topic name of `topic`.
     pub fn full_topic(&self, topic: &str) -> String {
+        self.topic_name(topic).into_owned()
+    }
+
+    /// [`ProducerSettings::full_topic`], borrowed when there is no prefix: a send then makes
+    /// one copy of the name (the one its batch carries to the backend), not two.
+    fn topic_name<'a>(&self, topic: &'a str) -> Cow<'a, str> {
         match &self.topic_prefix {
-            Some(prefix) => format!("{prefix}-{topic}"),
-            None => topic.to_owned(),
+            Some(prefix) => Cow::Owned(format!("{prefix}-{topic}")),
+            None => Cow::Borrowed(topic),
         }
     }
 }
@@ -63,7 +71,11 @@ pub struct Producer {
     serializer: Arc<dyn Serializer>,
     settings: Arc<ProducerSettings>,
     schema_ids: Option<SchemaIds>,
+    /// The stack as the application sees and edits it, outermost first.
     layers: Arc<[Arc<dyn PublishLayer>]>,
+    /// The same stack as it runs: the default layers, where untouched, fused into one.
+    running: Arc<[Arc<dyn PublishLayer>]>,
+    defaults: PublishDefaults,
     backend: &'static str,
     /// The settings' attributes as header values, built once.
     attributes: Arc<SharedAttributes>,
@@ -122,15 +134,24 @@ impl Producer {
             &settings.source_host,
             serializer.content_type(),
         );
+        let defaults = PublishDefaults::default();
+        let layers = defaults.layers();
         Self {
             publisher,
             serializer,
             attributes: Arc::new(attributes),
             settings: Arc::new(settings),
             schema_ids: None,
-            layers: ProducerStack::defaults().into_layers(),
+            running: defaults.fuse(&layers),
+            layers,
+            defaults,
             backend: "unknown",
         }
+    }
+
+    fn set_layers(&mut self, layers: Arc<[Arc<dyn PublishLayer>]>) {
+        self.running = self.defaults.fuse(&layers);
+        self.layers = layers;
     }
 
     /// Names the backend (the `messaging.system` of spans).
@@ -146,7 +167,7 @@ impl Producer {
     pub fn layer(mut self, layer: impl PublishLayer + 'static) -> Self {
         let mut layers = self.layers.to_vec();
         layers.push(Arc::new(layer));
-        self.layers = layers.into();
+        self.set_layers(layers.into());
         self
     }
 
@@ -158,7 +179,7 @@ impl Producer {
             stack.push(Arc::clone(layer));
         }
         edit(&mut stack)?;
-        self.layers = stack.into_layers();
+        self.set_layers(stack.into_layers());
         Ok(self)
     }
 
@@ -295,10 +316,10 @@ impl Producer {
 
     /// Publishes one event to `topic` (the prefix is added); returns once the broker has it.
     pub async fn send<E: Event>(&self, topic: &str, event: &E) -> Result<Position> {
-        let full = self.settings.full_topic(topic);
+        let full = self.settings.topic_name(topic);
         self.register::<E>(&full, E::KEY_FIELD).await?;
         let message = self.encode_new(&full, event)?;
-        single(self.publish(&full, vec![message]).await?, &full)
+        self.publish_one(full.into_owned(), message).await
     }
 
     /// Publishes one event to `topic` with a key and headers of the caller's choice.
@@ -308,7 +329,7 @@ impl Producer {
         event: &E,
         options: SendOptions,
     ) -> Result<Position> {
-        let full = self.settings.full_topic(topic);
+        let full = self.settings.topic_name(topic);
         if let Some((name, _)) = options
             .headers
             .iter()
@@ -329,14 +350,14 @@ impl Producer {
         for (name, value) in options.headers.iter() {
             message.headers.append(name, value);
         }
-        single(self.publish(&full, vec![message]).await?, &full)
+        self.publish_one(full.into_owned(), message).await
     }
 
     /// Publishes a message that is not a typed event (bytes, JSON) to `topic`, with the topic
     /// prefix applied as `send` does; the message goes out as it is, through the layers.
     pub async fn send_raw(&self, topic: &str, message: Message) -> Result<Position> {
-        let full = self.settings.full_topic(topic);
-        single(self.publish(&full, vec![message]).await?, &full)
+        let full = self.settings.topic_name(topic);
+        self.publish_one(full.into_owned(), message).await
     }
 
     /// Publishes several raw messages to `topic` (prefix applied) in one batch, in order.
@@ -345,8 +366,8 @@ impl Producer {
         topic: &str,
         messages: Vec<Message>,
     ) -> Result<Vec<Position>> {
-        let full = self.settings.full_topic(topic);
-        self.publish(&full, messages).await
+        let full = self.settings.topic_name(topic);
+        self.publish_to(full.into_owned(), messages, all).await
     }
 
     /// Publishes an event that already has metadata (from a signal) with an explicit key: the
@@ -358,37 +379,56 @@ impl Producer {
         key: Option<&str>,
         key_field: Option<&str>,
     ) -> Result<Position> {
-        let full = self.settings.full_topic(topic);
+        let full = self.settings.topic_name(topic);
         let field = key_field.or(E::KEY_FIELD);
         self.register::<E>(&full, field.filter(|_| key.is_some()))
             .await?;
         let message =
             self.encode_keyed(&full, envelope.event(), envelope.metadata(), key, field)?;
-        single(self.publish(&full, vec![message]).await?, &full)
+        self.publish_one(full.into_owned(), message).await
     }
 
     /// Publishes several events to `topic` in one batch, in order.
     pub async fn send_batch<E: Event>(&self, topic: &str, events: &[E]) -> Result<Vec<Position>> {
-        let full = self.settings.full_topic(topic);
+        let full = self.settings.topic_name(topic);
         self.register::<E>(&full, E::KEY_FIELD).await?;
         let messages = events
             .iter()
             .map(|event| self.encode_new(&full, event))
             .collect::<Result<Vec<_>>>()?;
-        self.publish(&full, messages).await
+        self.publish_to(full.into_owned(), messages, all).await
     }
 
     /// Publishes ready messages to a full topic name (no prefix added), through the layers.
     pub async fn publish(&self, full_topic: &str, messages: Vec<Message>) -> Result<Vec<Position>> {
+        self.publish_to(full_topic.to_owned(), messages, all).await
+    }
+
+    /// [`Producer::publish`] of a topic name the batch can take as it is; `take` reads the
+    /// positions (with the topic, for its errors).
+    async fn publish_to<T>(
+        &self,
+        full_topic: String,
+        messages: Vec<Message>,
+        take: impl FnOnce(Vec<Position>, &str) -> Result<T>,
+    ) -> Result<T> {
         let mut out = Outgoing {
-            topic: full_topic.to_owned(),
+            topic: full_topic,
             messages,
             backend: self.backend,
         };
-        PublishNext::new(&self.layers, self.publisher.as_ref())
+        match PublishNext::new(&self.running, self.publisher.as_ref())
             .run(&mut out)
             .await
-            .map_err(|e| e.with("topic", full_topic))
+        {
+            Ok(positions) => take(positions, &out.topic),
+            Err(e) => Err(e.with("topic", &out.topic)),
+        }
+    }
+
+    /// Publishes one message; its position once the broker has it.
+    async fn publish_one(&self, full_topic: String, message: Message) -> Result<Position> {
+        self.publish_to(full_topic, vec![message], single).await
     }
 
     /// Waits until everything sent so far is with the broker.
@@ -400,6 +440,10 @@ impl Producer {
     pub async fn close(&self) -> Result<()> {
         self.publisher.close().await
     }
+}
+
+fn all(positions: Vec<Position>, _topic: &str) -> Result<Vec<Position>> {
+    Ok(positions)
 }
 
 fn single(mut positions: Vec<Position>, topic: &str) -> Result<Position> {

@@ -11,6 +11,7 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use crate::consumer::layer::{Inner, Wrap};
 use crate::consumer::{Context, Layer, Next, Outcome};
 use crate::error::Result;
+use crate::producer::layer::{PublishInner, PublishWrap};
 use crate::producer::{Outgoing, PublishLayer, PublishNext};
 use crate::transport::Position;
 
@@ -281,10 +282,16 @@ impl PublishLayer for PublishMetricsLayer {
     }
 
     async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
+        self.wrap(out, next).await
+    }
+}
+
+impl PublishWrap for PublishMetricsLayer {
+    async fn wrap<I: PublishInner>(&self, out: &mut Outgoing, inner: I) -> Result<Vec<Position>> {
         let h = self.handles(&out.topic);
         let count = out.messages.len() as u64;
         let started = Instant::now();
-        let result = next.run(out).await;
+        let result = inner.run(out).await;
         h.duration.record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => h.published.increment(count),

@@ -13,6 +13,7 @@ use crate::consumer::layer::{Inner, Wrap};
 use crate::consumer::{Context, Layer, Next, Outcome};
 use crate::error::Result;
 use crate::metadata::header;
+use crate::producer::layer::{PublishInner, PublishWrap};
 use crate::producer::{Outgoing, PublishLayer, PublishNext};
 use crate::transport::Position;
 
@@ -109,6 +110,12 @@ impl PublishLayer for PublishTracingLayer {
     }
 
     async fn publish(&self, out: &mut Outgoing, next: PublishNext<'_>) -> Result<Vec<Position>> {
+        self.wrap(out, next).await
+    }
+}
+
+impl PublishWrap for PublishTracingLayer {
+    async fn wrap<I: PublishInner>(&self, out: &mut Outgoing, inner: I) -> Result<Vec<Position>> {
         let parent = TraceContext::current();
         let span = tracing::info_span!(
             "publish",
@@ -137,7 +144,7 @@ impl PublishLayer for PublishTracingLayer {
         let own = own_context(&span, parent.as_ref(), Parent::Local);
         record_ids(&span, &own);
         own.write_headers_to_all(out.messages.iter_mut().map(|m| &mut m.headers));
-        let result = next.run(out).instrument(span.clone()).await;
+        let result = inner.run(out).instrument(span.clone()).await;
         if let Err(e) = &result {
             span.in_scope(|| tracing::debug!(error = %e, "publish failed"));
         }
