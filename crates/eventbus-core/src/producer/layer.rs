@@ -48,9 +48,9 @@ impl ProducerStack {
     /// The default producer stack: `tracing`, `metrics`.
     pub fn defaults() -> Self {
         let mut stack = ProducerStack::new();
-        stack
-            .push(Arc::new(PublishTracingLayer::new()))
-            .push(Arc::new(PublishMetricsLayer::new()));
+        for layer in PublishDefaults::default().in_order() {
+            stack.push(layer);
+        }
         stack
     }
 }
