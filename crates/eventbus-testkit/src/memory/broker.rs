@@ -18,7 +18,8 @@ pub struct MemoryBroker {
 
 struct Inner {
     partitions: usize,
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    /// Looked up by name on every publish call: a fast hash, as for the groups.
+    topics: Mutex<HashMap<String, Arc<Topic>, foldhash::fast::RandomState>>,
 }
 
 impl fmt::Debug for MemoryBroker {
@@ -134,7 +135,7 @@ impl MemoryBroker {
         Self {
             inner: Arc::new(Inner {
                 partitions: partitions.max(1),
-                topics: Mutex::new(HashMap::new()),
+                topics: Mutex::new(HashMap::default()),
             }),
         }
     }
