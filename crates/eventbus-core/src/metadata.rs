@@ -437,10 +437,7 @@ impl Attributes<'_> {
         let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let id = self.id.hyphenated().encode_lower(&mut id);
         let text = TimeText::at(&self.time);
-        let time: &[u8] = match &text {
-            TimeText::Fixed(ascii) => ascii,
-            TimeText::Other(text) => text.as_bytes(),
-        };
+        let time = text.as_bytes();
         let minor_text;
         let minor: &[u8] = match self.minor_version {
             v @ 0..=9 => std::slice::from_ref(&DIGITS[v as usize]),

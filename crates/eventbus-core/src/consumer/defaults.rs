@@ -2,14 +2,13 @@
 //! boxes a future per event; when a consumer keeps the five default policy layers as they came,
 //! in their order, it runs them instead as one chain of concrete types, whose futures nest
 //! inside one box. The layers' code is the same either way: each is written once, generic over
-//! what it wraps ([`Wrap`], [`Inner`]).
+//! what it wraps ([`Wrap`](super::layer::Wrap), [`Inner`]).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::layer::{ConsumerStack, Inner, Layer, Next, Outcome, Wrap};
+use super::layer::{fuse_run, ConsumerStack, Inner, Layer, Next, Outcome, Then};
 use super::{
     ConsumerSettings, Context, DeadLetterLayer, ErrorLimitLayer, RetryLayer, TimeoutLayer,
 };
@@ -63,15 +62,8 @@ impl DefaultLayers {
     /// `layers` with the five replaced by one layer that runs them as one future, where they
     /// stand next to each other in their order. The very layers are looked for, not their
     /// names: a layer the application put in their place under the same name is its own.
-    pub(crate) fn fuse(&self, mut layers: Vec<Arc<dyn Layer>>) -> Vec<Arc<dyn Layer>> {
-        let ours = self.in_order();
-        let found = layers
-            .windows(ours.len())
-            .position(|run| run.iter().zip(&ours).all(|(a, b)| Arc::ptr_eq(a, b)));
-        if let Some(at) = found {
-            layers.splice(at..at + ours.len(), [Arc::new(Fused(self.clone())) as _]);
-        }
-        layers
+    pub(crate) fn fuse(&self, layers: Vec<Arc<dyn Layer>>) -> Vec<Arc<dyn Layer>> {
+        fuse_run(layers, &self.in_order(), || Arc::new(Fused(self.clone())))
     }
 }
 
@@ -92,23 +84,6 @@ impl Layer for Fused {
         let error_limit = Then(&*d.error_limit, dead_letter);
         let metrics = Then(&*d.metrics, error_limit);
         Then(&*d.tracing, metrics).run(ctx).await
-    }
-}
-
-/// `layer` around `inner`, itself something a layer can wrap.
-struct Then<'l, L, I>(&'l L, I);
-
-impl<L, I: Copy> Clone for Then<'_, L, I> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<L, I: Copy> Copy for Then<'_, L, I> {}
-
-impl<L: Wrap, I: Inner> Inner for Then<'_, L, I> {
-    fn run(self, ctx: &mut Context) -> impl Future<Output = Outcome> + Send {
-        self.0.wrap(ctx, self.1)
     }
 }
 

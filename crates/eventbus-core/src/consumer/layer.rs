@@ -306,6 +306,41 @@ pub(crate) trait Wrap: Send + Sync {
     fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> impl Future<Output = Outcome> + Send;
 }
 
+/// `layer` around `inner`, itself something a layer can wrap: how the default layers nest as
+/// one future, on the consumer ([`Wrap`] around [`Inner`]) and on the producer
+/// (`PublishWrap` around `PublishInner`).
+pub(crate) struct Then<'l, L, I>(pub(crate) &'l L, pub(crate) I);
+
+impl<L, I: Copy> Clone for Then<'_, L, I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<L, I: Copy> Copy for Then<'_, L, I> {}
+
+impl<L: Wrap, I: Inner> Inner for Then<'_, L, I> {
+    fn run(self, ctx: &mut Context) -> impl Future<Output = Outcome> + Send {
+        self.0.wrap(ctx, self.1)
+    }
+}
+
+/// `layers` with the run `ours` (the very layers, not layers of the same names) replaced by
+/// `fused`, where they stand next to each other in their order.
+pub(crate) fn fuse_run<L: ?Sized>(
+    mut layers: Vec<Arc<L>>,
+    ours: &[Arc<L>],
+    fused: impl FnOnce() -> Arc<L>,
+) -> Vec<Arc<L>> {
+    let found = layers
+        .windows(ours.len())
+        .position(|run| run.iter().zip(ours).all(|(a, b)| Arc::ptr_eq(a, b)));
+    if let Some(at) = found {
+        layers.splice(at..at + ours.len(), [fused()]);
+    }
+    layers
+}
+
 impl fmt::Debug for Next<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.layers.iter().map(|l| l.name()).collect();

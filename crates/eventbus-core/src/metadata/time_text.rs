@@ -51,6 +51,14 @@ impl TimeText {
         }
     }
 
+    /// The text's bytes.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Fixed(ascii) => ascii,
+            Self::Other(text) => text.as_bytes(),
+        }
+    }
+
     /// Now, from the system clock's seconds and microseconds: within a second already written
     /// no calendar date is made at all.
     pub(super) fn now() -> Self {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::consumer::layer::{fuse_run, Then};
 use crate::consumer::{Named, Stack};
 use crate::error::Result;
 use crate::telemetry::{PublishMetricsLayer, PublishTracingLayer};
@@ -80,15 +81,10 @@ impl PublishDefaults {
     /// they stand next to each other in their order: through the stack's trait objects each
     /// layer boxes a future per publish call. The very layers are looked for, not their names.
     pub(crate) fn fuse(&self, layers: &[Arc<dyn PublishLayer>]) -> Arc<[Arc<dyn PublishLayer>]> {
-        let ours = self.in_order();
-        let mut layers = layers.to_vec();
-        let found = layers
-            .windows(ours.len())
-            .position(|run| run.iter().zip(&ours).all(|(a, b)| Arc::ptr_eq(a, b)));
-        if let Some(at) = found {
-            layers.splice(at..at + ours.len(), [Arc::new(Fused(self.clone())) as _]);
-        }
-        layers.into()
+        fuse_run(layers.to_vec(), &self.in_order(), || {
+            Arc::new(Fused(self.clone()))
+        })
+        .into()
     }
 }
 
@@ -129,9 +125,6 @@ pub(crate) trait PublishWrap: Send + Sync {
         inner: I,
     ) -> impl Future<Output = Result<Vec<Position>>> + Send;
 }
-
-/// `layer` around `inner`, itself something a layer can wrap.
-struct Then<'l, L, I>(&'l L, I);
 
 impl<L: PublishWrap, I: PublishInner> PublishInner for Then<'_, L, I> {
     fn run(self, out: &mut Outgoing) -> impl Future<Output = Result<Vec<Position>>> + Send {
