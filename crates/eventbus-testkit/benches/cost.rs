@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p eventbus-testkit --features conformance --bench cost --no-run
-//! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone
+//! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone | floor
 //! ```
 //!
 //! Everything runs on one current-thread runtime inside a `measured_*` function, so that
@@ -23,6 +23,9 @@
 //!   measured part, settled by an acknowledger that does nothing. What is left is the runner's
 //!   own cost (key queue, handling set, delivery info, receiver call, settling, dropping the
 //!   message); `runner-bare` minus this is the in-memory broker's.
+//! - `floor`: the same prepared deliveries with no framework at all: each is taken from the
+//!   stream, its payload read, acknowledged and dropped, one after the other. What any consumer
+//!   of these deliveries pays; `runner-alone` minus this is what the runner adds.
 #![allow(missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -226,6 +229,22 @@ fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &st
     });
 }
 
+/// Takes every delivery, reads its payload and acknowledges it: no runner, no layers.
+#[inline(never)]
+fn measured_floor(rt: &tokio::runtime::Runtime, subscriber: &dyn Subscriber, n: usize) {
+    rt.block_on(async {
+        let mut stream = subscriber
+            .subscribe(Subscription::new(TOPIC, "cost", "floor"))
+            .await
+            .expect("subscribes");
+        for _ in 0..n {
+            let delivery = stream.next().await.expect("prepared").expect("a delivery");
+            std::hint::black_box(&delivery.message.payload);
+            delivery.ack().await.expect("acknowledged");
+        }
+    });
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let path = args.next().unwrap_or_else(|| "consume".to_owned());
@@ -263,9 +282,15 @@ fn main() {
             COUNTING.store(true, Ordering::Relaxed);
             measured_consume(&rt, &bus, n, &path);
         }
+        "floor" => {
+            let bus = prepared_bus(n);
+            before = ALLOCATIONS.load(Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+            measured_floor(&rt, bus.transport().subscriber.as_ref(), n);
+        }
         other => {
             eprintln!(
-                "unknown path {other}: publish, send, consume, runner, runner-bare or runner-alone"
+                "unknown path {other}: publish, send, consume, runner, runner-bare, runner-alone or floor"
             );
             std::process::exit(2);
         }
