@@ -438,35 +438,76 @@ impl Delivery {
     /// runner keeps its settlements in one set. The acknowledger's settlement is made now, so
     /// what the runner holds while the broker answers is that and no copy of the delivery.
     pub(crate) fn settle(mut self, nack: Option<Duration>) -> Settlement {
-        match (self.take_acker(), nack) {
-            (Ok(acker), None) => acker.ack(),
-            (Ok(acker), Some(delay)) => acker.nack(delay),
-            (Err(e), _) => Settlement::done(Err(e)),
+        match self.take_acker() {
+            Ok(acker) => settle(acker, nack),
+            Err(e) => Settlement::done(Err(e)),
         }
+    }
+
+    /// Takes the delivery apart: its information moves out whole (the position too, with
+    /// nothing copied) and its acknowledger with it, which from then on settles it, or hands
+    /// it back when dropped ([`hand_back`]), in place of the delivery.
+    pub(crate) fn into_parts(mut self) -> (DeliveryParts, Option<Box<dyn Acknowledge>>) {
+        // What is left is dropped without its acknowledger, so it hands nothing back and its
+        // stand-in position is never read.
+        let stand_in = Position::Offset {
+            partition: 0,
+            offset: 0,
+        };
+        let parts = DeliveryParts {
+            topic: Arc::clone(&self.topic),
+            message: std::mem::take(&mut self.message),
+            position: std::mem::replace(&mut self.position, stand_in),
+            attempt: self.attempt,
+            published_at: self.published_at,
+        };
+        (parts, self.acker.take())
+    }
+}
+
+/// A delivery's information, without the means to settle it ([`Delivery::into_parts`]).
+pub(crate) struct DeliveryParts {
+    pub(crate) topic: Arc<str>,
+    pub(crate) message: Message,
+    pub(crate) position: Position,
+    pub(crate) attempt: u32,
+    pub(crate) published_at: Option<DateTime<Utc>>,
+}
+
+/// An ack (`None`) or a nack after the delay.
+pub(crate) fn settle(acker: Box<dyn Acknowledge>, nack: Option<Duration>) -> Settlement {
+    match nack {
+        None => acker.ack(),
+        Some(delay) => acker.nack(delay),
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        let Some(acker) = self.acker.take() else {
-            return;
-        };
-        // Outside a runtime the acker is simply dropped; the broker redelivers when this member
-        // leaves its group.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let mut nack = acker.nack(Duration::ZERO);
-        // Most backends settle without I/O (a command to their reader task): do it now, so the
-        // message is back before the drop returns; otherwise finish on the runtime.
-        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        if let Poll::Ready(result) = Pin::new(&mut nack).poll(&mut cx) {
-            log_dropped_nack(result, &self.topic, &self.position);
-            return;
+        if let Some(acker) = self.acker.take() {
+            hand_back(acker, &self.topic, &self.position);
         }
-        let (topic, position) = (Arc::clone(&self.topic), self.position.clone());
-        runtime.spawn(async move { log_dropped_nack(nack.await, &topic, &position) });
     }
+}
+
+/// Nacks a delivery that was dropped unsettled, without delay, so that the broker delivers it
+/// again (to this member or another) instead of holding it until a rebalance.
+pub(crate) fn hand_back(acker: Box<dyn Acknowledge>, topic: &Arc<str>, position: &Position) {
+    // Outside a runtime the acker is simply dropped; the broker redelivers when this member
+    // leaves its group.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut nack = acker.nack(Duration::ZERO);
+    // Most backends settle without I/O (a command to their reader task): do it now, so the
+    // message is back before the drop returns; otherwise finish on the runtime.
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    if let Poll::Ready(result) = Pin::new(&mut nack).poll(&mut cx) {
+        log_dropped_nack(result, topic, position);
+        return;
+    }
+    let (topic, position) = (Arc::clone(topic), position.clone());
+    runtime.spawn(async move { log_dropped_nack(nack.await, &topic, &position) });
 }
 
 fn log_dropped_nack(result: Result<()>, topic: &str, position: &Position) {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -12,7 +13,9 @@ use super::state::ConsumerState;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metadata::EventMetadata;
 use crate::serializer::Serializer;
-use crate::transport::{Delivery, Headers, Message, Position};
+use crate::transport::{
+    self, Acknowledge, Delivery, DeliveryParts, Headers, Message, Position, Settlement,
+};
 
 /// One delivery as layers and receivers see it: topic, key, headers, payload, position, attempt
 /// and publish time. Typed receivers reach it through [`Envelope::delivery`](crate::Envelope::delivery),
@@ -32,19 +35,15 @@ pub struct DeliveryInfo {
 }
 
 impl DeliveryInfo {
-    /// Takes the message out of `delivery`, which keeps only what settling it needs.
+    /// The information of a delivery taken apart ([`Delivery::into_parts`]), moved in whole.
     #[inline]
-    pub(crate) fn take(
-        delivery: &mut Delivery,
-        group: Arc<str>,
-        serializer: Arc<dyn Serializer>,
-    ) -> Self {
+    fn new(parts: DeliveryParts, group: Arc<str>, serializer: Arc<dyn Serializer>) -> Self {
         Self {
-            topic: Arc::clone(&delivery.topic),
-            message: std::mem::take(&mut delivery.message),
-            position: delivery.position.clone(),
-            attempt: AtomicU32::new(delivery.attempt.max(1)),
-            published_at: delivery.published_at,
+            topic: parts.topic,
+            message: parts.message,
+            position: parts.position,
+            attempt: AtomicU32::new(parts.attempt.max(1)),
+            published_at: parts.published_at,
             group,
             serializer,
             metadata: OnceLock::new(),
@@ -187,19 +186,46 @@ impl fmt::Debug for DeliveryInfo {
 
 /// The argument of every consumer [`Layer`](super::Layer): the delivery being handled and the
 /// consumer handling it. Reads through to [`DeliveryInfo`].
+///
+/// It also holds the delivery's acknowledger, out of the layers' reach: the runner settles the
+/// delivery through it, and a context dropped unsettled (the consumer stopped, a layer
+/// panicked) hands the delivery back to the broker, as a dropped [`Delivery`] does.
 #[derive(Debug)]
 pub struct Context {
     info: Arc<DeliveryInfo>,
     consumer: Arc<ConsumerState>,
+    acker: Option<Box<dyn Acknowledge>>,
 }
 
 impl Context {
-    // Inlined, so that the delivery's information is moved once, into its shared allocation.
+    /// Takes `delivery` apart: the runner then keeps this context alone, where it kept the
+    /// delivery too. Inlined, so that the delivery's information is moved once, into its
+    /// shared allocation.
     #[inline]
-    pub(crate) fn new(info: DeliveryInfo, consumer: Arc<ConsumerState>) -> Self {
+    pub(crate) fn new(
+        delivery: Delivery,
+        group: Arc<str>,
+        serializer: Arc<dyn Serializer>,
+        consumer: Arc<ConsumerState>,
+    ) -> Self {
+        let (parts, acker) = delivery.into_parts();
         Self {
-            info: Arc::new(info),
+            info: Arc::new(DeliveryInfo::new(parts, group, serializer)),
             consumer,
+            acker,
+        }
+    }
+
+    /// Acks the delivery (`None`) or nacks it with a delay; handed to the backend now, like
+    /// [`Delivery::ack`]. Only the runner settles, once per context.
+    pub(crate) fn settle(&mut self, nack: Option<Duration>) -> Settlement {
+        match self.acker.take() {
+            Some(acker) => transport::settle(acker, nack),
+            None => Settlement::done(Err(Error::new(
+                ErrorKind::Closed,
+                "the delivery was already settled",
+            )
+            .with("position", &self.info.position))),
         }
     }
 
@@ -224,6 +250,14 @@ impl Context {
     /// Sets the attempt number (the retry layer counts attempts with it).
     pub fn set_attempt(&mut self, attempt: u32) {
         self.info.attempt.store(attempt, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            transport::hand_back(acker, &self.info.topic, &self.info.position);
+        }
     }
 }
 

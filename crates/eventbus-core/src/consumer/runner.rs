@@ -22,7 +22,7 @@ use futures::stream::FuturesUnordered;
 use futures::FutureExt;
 use futures::StreamExt;
 
-use super::context::{Context, DeliveryInfo};
+use super::context::Context;
 use super::layer::{Handler, Layer, Next, Outcome};
 use super::schedule::{KeyId, KeyQueue};
 use super::state::ConsumerState;
@@ -323,7 +323,7 @@ async fn report_lag(
 impl Shared {
     /// Handles one event through the layers and settles it by its outcome: the future ends
     /// with the event's key and what is left of settling, the broker's answer. `None` when a
-    /// layer panicked: the delivery is dropped, which sends it back to the broker, and the
+    /// layer panicked: the context is dropped, which hands the delivery back to the broker, and the
     /// consumer lives on. (Receivers' panics are outcomes already; the dispatcher catches
     /// them.)
     ///
@@ -333,14 +333,15 @@ impl Shared {
     fn handle(
         &self,
         key: Option<KeyId>,
-        mut delivery: Delivery,
+        delivery: Delivery,
     ) -> impl Future<Output = Handled> + Send + '_ {
-        let info = DeliveryInfo::take(
-            &mut delivery,
+        // The context takes the delivery's acknowledger too: the future holds the context alone.
+        let mut ctx = Context::new(
+            delivery,
             self.state.group_arc(),
             Arc::clone(&self.serializer),
+            Arc::clone(&self.state),
         );
-        let mut ctx = Context::new(info, Arc::clone(&self.state));
         self.state.enter();
         // Left on drop, so that a layer that panics does not leave the count behind.
         let in_flight = InFlight(&self.state);
@@ -348,7 +349,7 @@ impl Shared {
             let _in_flight = in_flight;
             let next = Next::new(&self.layers, &self.handler);
             match AssertUnwindSafe(next.run(&mut ctx)).catch_unwind().await {
-                Ok(outcome) => (key, Some(self.settle(delivery, outcome))),
+                Ok(outcome) => (key, Some(self.settle(&mut ctx, outcome))),
                 Err(_) => {
                     let e = Error::new(
                         ErrorKind::Receiver,
@@ -364,7 +365,7 @@ impl Shared {
 
     /// Tells the broker how handling ended: an ack, or a nack that brings it back later. The
     /// outcome is read now; the future only waits for the broker.
-    fn settle(&self, delivery: Delivery, outcome: Outcome) -> Settling {
+    fn settle(&self, ctx: &mut Context, outcome: Outcome) -> Settling {
         let nack = match outcome {
             Outcome::Handled | Outcome::Skipped { .. } | Outcome::DeadLettered { .. } => None,
             Outcome::Retry { error, delay } => {
@@ -377,7 +378,7 @@ impl Shared {
             }
             Outcome::Release { delay, .. } => Some(delay),
         };
-        Settling(delivery.settle(nack))
+        Settling(ctx.settle(nack))
     }
 }
 
@@ -424,11 +425,11 @@ mod tests {
     /// each should hold the broker's future alone, not a copy of the delivery and its outcome.
     #[test]
     fn a_kept_settlement_is_the_brokers_future_alone() {
-        fn output_size<F: Fn(&'static Shared, Delivery) -> R, R>(_: F) -> usize {
+        fn output_size<F: Fn(&'static Shared, &mut Context) -> R, R>(_: F) -> usize {
             std::mem::size_of::<R>()
         }
         assert_eq!(
-            output_size(|shared, delivery| shared.settle(delivery, Outcome::Handled)),
+            output_size(|shared, ctx| shared.settle(ctx, Outcome::Handled)),
             std::mem::size_of::<crate::transport::Settlement>()
         );
     }
