@@ -56,6 +56,11 @@ impl DeliveryInfo {
         &self.topic
     }
 
+    /// The topic's name as the backend shares it among the topic's deliveries.
+    pub(crate) fn topic_shared(&self) -> &Arc<str> {
+        &self.topic
+    }
+
     /// The message as it arrived (as layers left it).
     pub fn message(&self) -> &Message {
         &self.message

@@ -2,7 +2,7 @@
 //! application installs a recorder (the facade's `telemetry` feature installs a Prometheus one).
 //! Install it before the first event: handles are looked up once per topic and kept.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -92,17 +92,45 @@ pub fn record_lag(topic: &str, group: &str, lag: u64) {
 /// lookup and allocations that per-event code should not pay.
 struct PerTopic<H> {
     handles: RwLock<crate::FastMap<String, Arc<H>>>,
+    /// The handles a delivery found last, by its topic's shared name. A backend hands every
+    /// delivery of a topic one `Arc<str>`, so comparing pointers finds a consumer's handles
+    /// without hashing the name or taking the map's lock. Holding the name keeps its pointer
+    /// from being reused for another.
+    last: Mutex<Option<(Arc<str>, Arc<H>)>>,
 }
 
 impl<H> Default for PerTopic<H> {
     fn default() -> Self {
         Self {
             handles: RwLock::new(crate::FastMap::default()),
+            last: Mutex::new(None),
         }
     }
 }
 
 impl<H> PerTopic<H> {
+    /// As [`PerTopic::get`], looking at the handles found last first. Never waits for the
+    /// lock on them: a layer shared by consumers on several threads goes to the map instead.
+    fn get_shared(
+        &self,
+        topic: &Arc<str>,
+        fits: impl Fn(&H) -> bool,
+        make: impl FnOnce() -> H,
+    ) -> Arc<H> {
+        if let Ok(last) = self.last.try_lock() {
+            if let Some((name, h)) = last.as_ref() {
+                if Arc::ptr_eq(name, topic) && fits(h) {
+                    return Arc::clone(h);
+                }
+            }
+        }
+        let h = self.get(topic, &fits, make);
+        if let Ok(mut last) = self.last.try_lock() {
+            *last = Some((Arc::clone(topic), Arc::clone(&h)));
+        }
+        h
+    }
+
     /// The cached handles of `topic` when `fits` accepts them, else new ones from `make`
     /// (cached when the topic had none).
     fn get(&self, topic: &str, fits: impl Fn(&H) -> bool, make: impl FnOnce() -> H) -> Arc<H> {
@@ -164,9 +192,9 @@ impl MetricsLayer {
         Self::default()
     }
 
-    fn handles(&self, topic: &str, group: &str) -> Arc<ConsumerHandles> {
+    fn handles(&self, topic: &Arc<str>, group: &str) -> Arc<ConsumerHandles> {
         // One layer shared by consumers of different groups caches the first group only.
-        self.handles.get(
+        self.handles.get_shared(
             topic,
             |h| h.group == group,
             || ConsumerHandles::new(topic, group),
@@ -193,7 +221,7 @@ impl Layer for MetricsLayer {
 
 impl Wrap for MetricsLayer {
     async fn wrap<I: Inner>(&self, ctx: &mut Context, inner: I) -> Outcome {
-        let h = self.handles(ctx.topic(), ctx.group());
+        let h = self.handles(ctx.topic_shared(), ctx.group());
         h.consumed.increment(1);
         h.in_flight.increment(1.0);
         let started = Instant::now();
@@ -298,5 +326,55 @@ impl PublishWrap for PublishMetricsLayer {
             Err(_) => h.errors.increment(count),
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Handles made for a group, counting how many were made.
+    fn handles_of<'a>(
+        cache: &'a PerTopic<String>,
+        made: &'a std::cell::Cell<u32>,
+    ) -> impl Fn(&Arc<str>, &str) -> Arc<String> + 'a {
+        move |topic, group| {
+            cache.get_shared(
+                topic,
+                |h| h == group,
+                || {
+                    made.set(made.get() + 1);
+                    group.to_owned()
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn the_handles_found_last_are_those_of_the_same_topic_and_group() {
+        let cache = PerTopic::default();
+        let made = std::cell::Cell::new(0);
+        let handles = handles_of(&cache, &made);
+        let orders: Arc<str> = Arc::from("orders");
+        let first = handles(&orders, "billing");
+        assert!(Arc::ptr_eq(&first, &handles(&orders, "billing")));
+        // Another `Arc` of the same name: found in the map by name.
+        assert!(Arc::ptr_eq(
+            &first,
+            &handles(&Arc::from("orders"), "billing")
+        ));
+        assert_eq!(made.get(), 1);
+
+        let refunds: Arc<str> = Arc::from("refunds");
+        let other = handles(&refunds, "billing");
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert!(Arc::ptr_eq(&first, &handles(&orders, "billing")));
+        assert!(Arc::ptr_eq(&other, &handles(&refunds, "billing")));
+        assert_eq!(made.get(), 2);
+
+        // A group the cached handles are not for gets its own, each time.
+        assert_eq!(*handles(&orders, "audit"), "audit");
+        assert_eq!(*handles(&orders, "billing"), "billing");
+        assert_eq!(made.get(), 3);
     }
 }
