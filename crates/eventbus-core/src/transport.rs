@@ -445,8 +445,9 @@ impl Delivery {
     }
 
     /// Takes the delivery apart: its information moves out whole (the position too, with
-    /// nothing copied) and its acknowledger with it, which from then on settles it, or hands
-    /// it back when dropped ([`hand_back`]), in place of the delivery.
+    /// nothing copied), and its acknowledger with it. Whoever holds the acknowledger then
+    /// settles the delivery, or hands it back ([`hand_back`]) when dropping it unsettled, as
+    /// the delivery would have.
     pub(crate) fn into_parts(mut self) -> (DeliveryParts, Option<Box<dyn Acknowledge>>) {
         // What is left is dropped without its acknowledger, so it hands nothing back and its
         // stand-in position is never read.

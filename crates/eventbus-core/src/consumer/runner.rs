@@ -323,9 +323,9 @@ async fn report_lag(
 impl Shared {
     /// Handles one event through the layers and settles it by its outcome: the future ends
     /// with the event's key and what is left of settling, the broker's answer. `None` when a
-    /// layer panicked: the context is dropped, which hands the delivery back to the broker, and the
-    /// consumer lives on. (Receivers' panics are outcomes already; the dispatcher catches
-    /// them.)
+    /// layer panicked: the context is dropped, which hands the delivery back to the broker,
+    /// and the consumer lives on. (Receivers' panics are outcomes already; the dispatcher
+    /// catches them.)
     ///
     /// What needs no waiting is done before the future is made, and the future holds little:
     /// the runner moves it into its set of events in flight, so its size is copied per event.
