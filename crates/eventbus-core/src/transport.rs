@@ -412,14 +412,6 @@ impl Delivery {
         self
     }
 
-    fn take_acker(&mut self) -> Result<Box<dyn Acknowledge>> {
-        // Only `ack`/`nack` (which consume the delivery) and `drop` take it.
-        self.acker.take().ok_or_else(|| {
-            Error::new(ErrorKind::Closed, "the delivery was already settled")
-                .with("position", &self.position)
-        })
-    }
-
     /// Marks the message processed.
     ///
     /// The acknowledgement is handed to the backend now; the [`Settlement`] resolves once the
@@ -438,10 +430,8 @@ impl Delivery {
     /// runner keeps its settlements in one set. The acknowledger's settlement is made now, so
     /// what the runner holds while the broker answers is that and no copy of the delivery.
     pub(crate) fn settle(mut self, nack: Option<Duration>) -> Settlement {
-        match self.take_acker() {
-            Ok(acker) => settle(acker, nack),
-            Err(e) => Settlement::done(Err(e)),
-        }
+        // Only `ack`/`nack` (which consume the delivery) and `drop` take the acknowledger.
+        settle(self.acker.take(), nack, &self.position)
     }
 
     /// Takes the delivery apart: its information moves out whole (the position too, with
@@ -475,11 +465,21 @@ pub(crate) struct DeliveryParts {
     pub(crate) published_at: Option<DateTime<Utc>>,
 }
 
-/// An ack (`None`) or a nack after the delay.
-pub(crate) fn settle(acker: Box<dyn Acknowledge>, nack: Option<Duration>) -> Settlement {
-    match nack {
-        None => acker.ack(),
-        Some(delay) => acker.nack(delay),
+/// An ack (`None`) or a nack after the delay, by the acknowledger a delivery held: `None`
+/// when it was taken already, an error naming the delivery's position.
+pub(crate) fn settle(
+    acker: Option<Box<dyn Acknowledge>>,
+    nack: Option<Duration>,
+    position: &Position,
+) -> Settlement {
+    match (acker, nack) {
+        (Some(acker), None) => acker.ack(),
+        (Some(acker), Some(delay)) => acker.nack(delay),
+        (None, _) => Settlement::done(Err(Error::new(
+            ErrorKind::Closed,
+            "the delivery was already settled",
+        )
+        .with("position", position))),
     }
 }
 

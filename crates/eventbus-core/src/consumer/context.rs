@@ -224,14 +224,7 @@ impl Context {
     /// Acks the delivery (`None`) or nacks it with a delay; handed to the backend now, like
     /// [`Delivery::ack`]. Only the runner settles, once per context.
     pub(crate) fn settle(&mut self, nack: Option<Duration>) -> Settlement {
-        match self.acker.take() {
-            Some(acker) => transport::settle(acker, nack),
-            None => Settlement::done(Err(Error::new(
-                ErrorKind::Closed,
-                "the delivery was already settled",
-            )
-            .with("position", &self.info.position))),
-        }
+        transport::settle(self.acker.take(), nack, &self.info.position)
     }
 
     /// The delivery, shareable (what a typed receiver's envelope and a raw receiver get).
