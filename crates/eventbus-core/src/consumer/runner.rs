@@ -137,6 +137,12 @@ pub(super) async fn run(
     // the event itself (BENCHMARKS.md, the cost table). The set keeps its slots and reuses them,
     // where `futures`' set allocates a node per event; it grows to the most ever in flight.
     let mut handling = futures_buffered::FuturesUnordered::with_capacity(concurrency.min(64));
+    // An event is first handled here, polled once as soon as it is made: most receivers finish
+    // without waiting (or wait on what is ready), and such an event is done and settled without
+    // a trip through the set, its slot, its waker and the select below. Only while the event
+    // here waits do later ones go into the set; the slot counts towards `concurrency`.
+    let start = |(key, delivery): (Option<KeyId>, Delivery)| shared.handle(key, delivery);
+    let mut front = std::pin::pin!(empty_slot(&start));
     let mut settling = FuturesUnordered::new();
     let mut queue = KeyQueue::new();
     let max_held = concurrency * HELD_PER_CONCURRENCY;
@@ -154,12 +160,24 @@ pub(super) async fn run(
     let mut fetch_resting = false;
     let mut outcome: Result<()> = Ok(());
     loop {
-        while handling.len() < concurrency {
-            let Some((key, delivery)) = queue.next_ready() else {
-                break;
-            };
-            handling.push(shared.handle(key, delivery));
-        }
+        // What is ready is started, and what finishes at once is settled, in this one turn.
+        poll_fn(|cx| {
+            while handling.len() + usize::from(front.is_some()) < concurrency {
+                let Some(ready) = queue.next_ready() else {
+                    break;
+                };
+                if front.is_some() {
+                    handling.push(start(ready));
+                    continue;
+                }
+                front.set(Some(start(ready)));
+                if let Poll::Ready(handled) = poll_front(&mut front, cx) {
+                    finish(&mut queue, &mut settling, handled);
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
         if !fetching && queue.held() == 0 {
             break;
         }
@@ -174,19 +192,16 @@ pub(super) async fn run(
                 )).with("group", state.group()));
                 break;
             }
-            Some((key, handled)) = handling.next(), if !handling.is_empty() => {
-                let mut finish = |key, settle: Option<Settling>| {
-                    queue.done(key);
-                    if let Some(settle) = settle {
-                        settle_or_keep(&mut settling, settle);
-                    }
-                };
-                finish(key, handled);
+            handled = poll_fn(|cx| poll_front(&mut front, cx)), if front.is_some() => {
+                finish(&mut queue, &mut settling, handled);
+            }
+            Some(handled) = handling.next(), if !handling.is_empty() => {
+                finish(&mut queue, &mut settling, handled);
                 // The others done by now are taken in the same turn: the select's checks of
                 // shutdown and failure are paid once a turn rather than once an event.
                 poll_fn(|cx| {
-                    while let Poll::Ready(Some((key, settle))) = handling.poll_next_unpin(cx) {
-                        finish(key, settle);
+                    while let Poll::Ready(Some(handled)) = handling.poll_next_unpin(cx) {
+                        finish(&mut queue, &mut settling, handled);
                     }
                     Poll::Ready(())
                 })
@@ -250,6 +265,11 @@ pub(super) async fn run(
     let drain = async {
         loop {
             tokio::select! {
+                (_, settle) = poll_fn(|cx| poll_front(&mut front, cx)), if front.is_some() => {
+                    if let Some(settle) = settle {
+                        settle_or_keep(&mut settling, settle);
+                    }
+                }
                 Some((_, settle)) = handling.next(), if !handling.is_empty() => {
                     if let Some(settle) = settle {
                         settle_or_keep(&mut settling, settle);
@@ -272,6 +292,7 @@ pub(super) async fn run(
     }
     // Dropped before the stream, so that what was not settled goes back to the broker while
     // the subscription is still there to take it.
+    front.set(None);
     drop(handling);
     drop(settling);
     drop(stream);
@@ -281,6 +302,39 @@ pub(super) async fn run(
     }
     tracing::info!(group = %state.group(), "consumer stopped");
     outcome
+}
+
+/// An empty slot for what `start` makes: names the type of the front slot, a future no one
+/// can write.
+fn empty_slot<A, F>(_start: &impl Fn(A) -> F) -> Option<F> {
+    None
+}
+
+/// Polls the event in the front slot and empties the slot once it is done. Pending while the
+/// slot is empty: its callers look first.
+fn poll_front<F: Future>(
+    front: &mut Pin<&mut Option<F>>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<F::Output> {
+    let Some(handling) = front.as_mut().as_pin_mut() else {
+        return Poll::Pending;
+    };
+    let handled = std::task::ready!(handling.poll(cx));
+    front.set(None);
+    Poll::Ready(handled)
+}
+
+/// A handled event leaves the key queue (its key's next event is ready) and its settlement goes
+/// on its way.
+fn finish(
+    queue: &mut KeyQueue<Delivery>,
+    settling: &mut FuturesUnordered<Settling>,
+    (key, settle): Handled,
+) {
+    queue.done(key);
+    if let Some(settle) = settle {
+        settle_or_keep(settling, settle);
+    }
 }
 
 /// Polls a settlement once and keeps it only if it waits for the broker. Many complete at once
