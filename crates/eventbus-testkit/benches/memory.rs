@@ -1,5 +1,6 @@
 //! In-memory throughput: the transport alone (publish, deliver, ack) and end to end through
-//! producer, Avro, consumer runner and a no-op receiver. Run with
+//! producer, Avro, consumer runner and a no-op receiver, with one consumer and with two in the
+//! group. Run with
 //! `cargo bench -p eventbus-testkit --features conformance --bench memory`.
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
@@ -67,23 +68,33 @@ async fn transport_once() -> Duration {
 }
 
 async fn end_to_end_once() -> Duration {
+    end_to_end(1).await
+}
+
+/// Publishes `EVENTS` typed events and waits until `consumers` consumers of one group, each a
+/// task of its own, have handled them all.
+async fn end_to_end(consumers: usize) -> Duration {
     let bus = Bus::with_transport(
         MemoryBroker::new(8).transport(),
         SerializerKind::Avro,
         BusConfig::new(),
     );
     let countdown = Countdown::new(EVENTS);
-    let seen = Arc::clone(&countdown);
-    let consumer = bus
-        .consumer("ticks", "bench")
-        .configure(|s| s.concurrency = 8)
-        .handle(move |_: Envelope<Tick>| {
-            seen.count();
-            async { Ok::<_, std::convert::Infallible>(()) }
-        })
-        .start()
-        .await
-        .expect("starts");
+    let mut handles = Vec::with_capacity(consumers);
+    for _ in 0..consumers {
+        let seen = Arc::clone(&countdown);
+        let handle = bus
+            .consumer("ticks", "bench")
+            .configure(|s| s.concurrency = 8)
+            .handle(move |_: Envelope<Tick>| {
+                seen.count();
+                async { Ok::<_, std::convert::Infallible>(()) }
+            })
+            .start()
+            .await
+            .expect("starts");
+        handles.push(handle);
+    }
     let events: Vec<Vec<Tick>> = (0..EVENTS / BATCH)
         .map(|b| {
             (0..BATCH)
@@ -103,7 +114,9 @@ async fn end_to_end_once() -> Duration {
     }
     countdown.finished().await;
     let elapsed = started.elapsed();
-    consumer.shutdown().await.expect("shuts down");
+    for handle in handles {
+        handle.shutdown().await.expect("shuts down");
+    }
     elapsed
 }
 
@@ -129,6 +142,19 @@ fn throughput(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     total += end_to_end_once().await;
+                }
+                total
+            })
+        })
+    });
+    // The same with two consumers in the group, as an application with CPU to spare runs them:
+    // the memory broker splits the eight partitions between them.
+    group.bench_function("end_to_end_two_consumers", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += end_to_end(2).await;
                 }
                 total
             })
