@@ -14,7 +14,7 @@ command -v valgrind >/dev/null || { echo "error: valgrind is missing (apt-get in
 n1=${N1:-1000}
 n2=${N2:-3000}
 paths=("$@")
-[ ${#paths[@]} -gt 0 ] || paths=(publish send consume runner runner-bare runner-alone floor)
+[ ${#paths[@]} -gt 0 ] || paths=(publish send consume runner runner-bare runner-alone runner-waiting floor)
 
 bin=$(cargo bench --locked -p eventbus-testkit --features conformance --bench cost --no-run 2>&1 \
     | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)

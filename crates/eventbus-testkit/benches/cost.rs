@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p eventbus-testkit --features conformance --bench cost --no-run
-//! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone | floor
+//! target/release/deps/cost-* PATH N      # PATH: publish | send | consume | runner | runner-bare | runner-alone | runner-waiting | floor
 //! ```
 //!
 //! Everything runs on one current-thread runtime inside a `measured_*` function, so that
@@ -23,6 +23,9 @@
 //!   measured part, settled by an acknowledger that does nothing. What is left is the runner's
 //!   own cost (key queue, handling set, delivery info, receiver call, settling, dropping the
 //!   message); `runner-bare` minus this is the in-memory broker's.
+//! - `runner-waiting`: `runner-alone` with settlements that wait a turn, as a network broker's
+//!   acknowledgements do (one boxed future each, the core's `Settlement::waiting`); minus
+//!   `runner-alone`, what the runner pays to keep a settlement until the broker answers.
 //! - `floor`: the same prepared deliveries with no framework at all: each is taken from the
 //!   stream, its payload read, acknowledged and dropped, one after the other. What any consumer
 //!   of these deliveries pays; `runner-alone` minus this is what the runner adds.
@@ -104,6 +107,23 @@ impl Acknowledge for Unsettled {
     }
 }
 
+/// Settles a turn later, as a network broker's acknowledgement does (sent in a batch, answered
+/// after a round trip): the `runner-waiting` path, where every settlement waits.
+#[derive(Debug)]
+struct Later;
+
+impl Acknowledge for Later {
+    fn ack(self: Box<Self>) -> Settlement {
+        Settlement::waiting(async {
+            tokio::task::yield_now().await;
+            Ok(())
+        })
+    }
+    fn nack(self: Box<Self>, _delay: Duration) -> Settlement {
+        self.ack()
+    }
+}
+
 /// Hands out deliveries made before the measured part, then waits for ever.
 #[derive(Debug, Default)]
 struct Prepared(Mutex<Vec<Delivery>>);
@@ -135,8 +155,9 @@ fn login_message(producer: &Producer) -> Message {
     message
 }
 
-/// A bus whose subscriber hands out `n` logins as they would come off a broker.
-fn prepared_bus(n: usize) -> Bus {
+/// A bus whose subscriber hands out `n` logins as they would come off a broker, settled at once
+/// or, when `waiting`, a turn later.
+fn prepared_bus(n: usize, waiting: bool) -> Bus {
     let memory = bus();
     let producer = memory.producer();
     let message = login_message(producer);
@@ -147,7 +168,11 @@ fn prepared_bus(n: usize) -> Bus {
                 partition: 0,
                 offset: offset as i64,
             };
-            let acker = Box::new(Unsettled);
+            let acker: Box<dyn Acknowledge> = if waiting {
+                Box::new(Later)
+            } else {
+                Box::new(Unsettled)
+            };
             Delivery::new(Arc::clone(&topic), message.clone(), position, 1, acker)
         })
         .collect();
@@ -213,7 +238,7 @@ fn measured_consume(rt: &tokio::runtime::Runtime, bus: &Bus, n: usize, mode: &st
                     count();
                     async { Ok::<_, std::io::Error>(()) }
                 });
-                if mode == "runner-bare" || mode == "runner-alone" {
+                if matches!(mode, "runner-bare" | "runner-alone" | "runner-waiting") {
                     raw.layers(|stack| {
                         stack.clear();
                         Ok(())
@@ -276,21 +301,21 @@ fn main() {
             COUNTING.store(true, Ordering::Relaxed);
             measured_consume(&rt, &bus, n, &path);
         }
-        "runner-alone" => {
-            let bus = prepared_bus(n);
+        "runner-alone" | "runner-waiting" => {
+            let bus = prepared_bus(n, path == "runner-waiting");
             before = ALLOCATIONS.load(Ordering::Relaxed);
             COUNTING.store(true, Ordering::Relaxed);
             measured_consume(&rt, &bus, n, &path);
         }
         "floor" => {
-            let bus = prepared_bus(n);
+            let bus = prepared_bus(n, false);
             before = ALLOCATIONS.load(Ordering::Relaxed);
             COUNTING.store(true, Ordering::Relaxed);
             measured_floor(&rt, bus.transport().subscriber.as_ref(), n);
         }
         other => {
             eprintln!(
-                "unknown path {other}: publish, send, consume, runner, runner-bare, runner-alone or floor"
+                "unknown path {other}: publish, send, consume, runner, runner-bare, runner-alone, runner-waiting or floor"
             );
             std::process::exit(2);
         }
