@@ -207,7 +207,15 @@ pub(super) async fn run(
                 })
                 .await;
             }
-            Some(()) = settling.next(), if !settling.is_empty() => {}
+            Some(()) = settling.next(), if !settling.is_empty() => {
+                // The others the broker answered by now are taken in the same turn too: one
+                // reply to a batch of acknowledgements completes them all at once.
+                poll_fn(|cx| {
+                    while let Poll::Ready(Some(())) = settling.poll_next_unpin(cx) {}
+                    Poll::Ready(())
+                })
+                .await;
+            }
             () = &mut fetch_retry, if fetch_resting => fetch_resting = false,
             next = stream.next(), if fetching
                 && !fetch_resting
