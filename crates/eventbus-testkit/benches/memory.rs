@@ -5,6 +5,7 @@
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,10 +68,6 @@ async fn transport_once() -> Duration {
     elapsed
 }
 
-async fn end_to_end_once() -> Duration {
-    end_to_end(1).await
-}
-
 /// Publishes `EVENTS` typed events and waits until `consumers` consumers of one group, each a
 /// task of its own, have handled them all.
 async fn end_to_end(consumers: usize) -> Duration {
@@ -120,45 +117,36 @@ async fn end_to_end(consumers: usize) -> Duration {
     elapsed
 }
 
+/// The time `iters` runs of `once` measured, one after the other.
+fn total<F: Future<Output = Duration>>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    once: impl Fn() -> F,
+) -> Duration {
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += once().await;
+        }
+        total
+    })
+}
+
 fn throughput(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("memory");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.sample_size(10);
     group.bench_function("transport_publish_deliver_ack", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += transport_once().await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| total(&rt, iters, transport_once))
     });
     group.bench_function("end_to_end_avro_noop_receiver", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += end_to_end_once().await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| total(&rt, iters, || end_to_end(1)))
     });
     // The same with two consumers in the group, as an application with CPU to spare runs them:
     // the memory broker splits the eight partitions between them.
     group.bench_function("end_to_end_two_consumers", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += end_to_end(2).await;
-                }
-                total
-            })
-        })
+        b.iter_custom(|iters| total(&rt, iters, || end_to_end(2)))
     });
     group.finish();
 }

@@ -273,15 +273,11 @@ pub(super) async fn run(
     let drain = async {
         loop {
             tokio::select! {
-                (_, settle) = poll_fn(|cx| poll_front(&mut front, cx)), if front.is_some() => {
-                    if let Some(settle) = settle {
-                        settle_or_keep(&mut settling, settle);
-                    }
+                handled = poll_fn(|cx| poll_front(&mut front, cx)), if front.is_some() => {
+                    finish(&mut queue, &mut settling, handled);
                 }
-                Some((_, settle)) = handling.next(), if !handling.is_empty() => {
-                    if let Some(settle) = settle {
-                        settle_or_keep(&mut settling, settle);
-                    }
+                Some(handled) = handling.next(), if !handling.is_empty() => {
+                    finish(&mut queue, &mut settling, handled);
                 }
                 Some(()) = settling.next(), if !settling.is_empty() => {}
                 else => break,
