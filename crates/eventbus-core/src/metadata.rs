@@ -1,6 +1,7 @@
 //! CloudEvents 1.0 metadata as Open edX writes it, and its mapping to message headers.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Headers;
-use time_text::{TimeText, TIME_LENGTH};
+use time_text::TimeText;
 
 pub(crate) mod time_text;
 
@@ -497,56 +498,44 @@ impl SharedAttributes {
         }
     }
 
-    /// Writes a new event's attributes, a fresh id and now, into `headers`, which must not hold
-    /// any of them yet (they are appended, not replaced).
-    pub(crate) fn write_new(
-        &self,
-        event_type: &'static str,
-        minor_version: u32,
-        headers: &mut Headers,
-    ) {
-        self.write(
-            Uuid::new_v4(),
-            TimeText::now(),
-            event_type,
-            minor_version,
-            headers,
-        );
+    /// Appends a new event's own attribute texts to `texts`: a fresh id, then now. The
+    /// event's headers are then written by [`SharedAttributes::write`] from where they landed,
+    /// once `texts` is shared: a batch keeps every event's texts in one buffer.
+    pub(crate) fn append_new(texts: &mut Vec<u8>) {
+        Self::append(Uuid::new_v4(), TimeText::now(), texts);
     }
 
-    /// The same headers, in the same order, as [`Attributes::write_headers`].
-    fn write(
+    fn append(id: Uuid, time: TimeText, texts: &mut Vec<u8>) {
+        let mut hyphenated = [0u8; ID_LENGTH];
+        id.hyphenated().encode_lower(&mut hyphenated);
+        texts.extend_from_slice(&hyphenated);
+        texts.extend_from_slice(time.as_bytes());
+    }
+
+    /// Writes an event's attributes into `headers`, which must not hold any of them yet (they
+    /// are appended, not replaced), in the order of [`Attributes::write_headers`]. Its id and
+    /// time are the slice `own` of `texts`, as [`SharedAttributes::append_new`] wrote them.
+    pub(crate) fn write(
         &self,
-        id: Uuid,
-        time: TimeText,
+        texts: &Bytes,
+        own: Range<usize>,
         event_type: &'static str,
         minor_version: u32,
         headers: &mut Headers,
     ) {
-        const ID: usize = uuid::fmt::Hyphenated::LENGTH;
-        // The id and the time share one allocation, each header a slice of it.
-        let mut own = [0u8; ID + TIME_LENGTH];
-        id.hyphenated().encode_lower(&mut own[..ID]);
-        let (id, time) = match time {
-            TimeText::Fixed(ascii) => {
-                own[ID..].copy_from_slice(&ascii);
-                let own = Bytes::from_owner(own);
-                (own.slice(..ID), own.slice(ID..))
-            }
-            TimeText::Other(text) => (Bytes::copy_from_slice(&own[..ID]), Bytes::from(text)),
-        };
+        let time_at = own.start + ID_LENGTH;
         let minor = match minor_version {
             v @ 0..=9 => Bytes::from_static(std::slice::from_ref(&DIGITS[v as usize])),
             v => Bytes::from(v.to_string()),
         };
-        headers.push_static(header::ID, id);
+        headers.push_static(header::ID, texts.slice(own.start..time_at));
         headers.push_static(header::TYPE, Bytes::from_static(event_type.as_bytes()));
         headers.push_static(header::SOURCE, self.source.clone());
         headers.push_static(
             header::SPEC_VERSION,
             Bytes::from_static(CLOUDEVENTS_VERSION.as_bytes()),
         );
-        headers.push_static(header::TIME, time);
+        headers.push_static(header::TIME, texts.slice(time_at..own.end));
         headers.push_static(header::MINOR_VERSION, minor);
         headers.push_static(header::SOURCE_HOST, self.source_host.clone());
         headers.push_static(
@@ -558,6 +547,9 @@ impl SharedAttributes {
         headers.push_static(header::DATA_CONTENT_TYPE, content_type);
     }
 }
+
+/// The length of a UUID's hyphenated text, which `ce_id` holds.
+const ID_LENGTH: usize = uuid::fmt::Hyphenated::LENGTH;
 
 /// The CloudEvents specification version Open edX writes.
 const CLOUDEVENTS_VERSION: &str = "1.0";
@@ -597,10 +589,16 @@ mod tests {
         ] {
             let shared = SharedAttributes::new("openedx/svc/web", "host-1", "application/avro");
             let id = Uuid::new_v4();
+            // After another event's texts, as in a batch.
+            let mut texts = Vec::new();
+            SharedAttributes::append_new(&mut texts);
+            let start = texts.len();
+            SharedAttributes::append(id, TimeText::at(&time), &mut texts);
+            let texts = Bytes::from(texts);
             let mut written = Headers::new();
             shared.write(
-                id,
-                TimeText::at(&time),
+                &texts,
+                start..texts.len(),
                 "org.example.a.v1",
                 minor,
                 &mut written,

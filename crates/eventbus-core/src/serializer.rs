@@ -130,13 +130,13 @@ pub trait Serializer: Send + Sync + fmt::Debug {
     }
 
     /// For a serializer whose payloads are an Avro datum of the event's schema after a fixed
-    /// prefix: the prefix for `ctx` (empty for plain Avro). [`encode_event`] then writes the
-    /// datum itself, from the event's own type rather than through the type-erased
-    /// [`Serializer::encode`], the same bytes for less work. `None` (the default) always goes
-    /// through `encode`.
-    fn avro_prefix(&self, ctx: &SchemaContext<'_>) -> Option<Result<Vec<u8>>> {
-        let _ = ctx;
-        None
+    /// prefix: appends the prefix for `ctx` to `out` (nothing for plain Avro) and says `true`.
+    /// [`encode_event`] then writes the datum itself, from the event's own type rather than
+    /// through the type-erased [`Serializer::encode`], the same bytes for less work. `false`
+    /// (the default, leaving `out` as it was) always goes through `encode`.
+    fn write_avro_prefix(&self, ctx: &SchemaContext<'_>, out: &mut Vec<u8>) -> Result<bool> {
+        let _ = (ctx, out);
+        Ok(false)
     }
 }
 
@@ -390,8 +390,8 @@ impl Serializer for AvroSerializer {
         Ok(out)
     }
 
-    fn avro_prefix(&self, _: &SchemaContext<'_>) -> Option<Result<Vec<u8>>> {
-        Some(Ok(Vec::with_capacity(128)))
+    fn write_avro_prefix(&self, _: &SchemaContext<'_>, _: &mut Vec<u8>) -> Result<bool> {
+        Ok(true)
     }
 
     fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>> {
@@ -467,12 +467,11 @@ impl ConfluentAvroSerializer {
     }
 
     /// The magic byte and the schema id, the datum to follow.
-    fn frame_start(&self, ctx: &SchemaContext<'_>) -> Result<Vec<u8>> {
+    fn frame_start(&self, ctx: &SchemaContext<'_>, out: &mut Vec<u8>) -> Result<()> {
         let id = self.registered_id(&confluent_subject(ctx.topic, ctx.event_type), ctx.schema)?;
-        let mut out = Vec::with_capacity(128);
         out.push(CONFLUENT_MAGIC);
         out.extend_from_slice(&id.to_be_bytes());
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -490,13 +489,14 @@ impl Serializer for ConfluentAvroSerializer {
         event: &dyn erased_serde::Serialize,
         ctx: &SchemaContext<'_>,
     ) -> Result<Vec<u8>> {
-        let mut out = self.frame_start(ctx)?;
+        let mut out = Vec::with_capacity(128);
+        self.frame_start(ctx, &mut out)?;
         encode_datum(event, ctx, &mut out)?;
         Ok(out)
     }
 
-    fn avro_prefix(&self, ctx: &SchemaContext<'_>) -> Option<Result<Vec<u8>>> {
-        Some(self.frame_start(ctx))
+    fn write_avro_prefix(&self, ctx: &SchemaContext<'_>, out: &mut Vec<u8>) -> Result<bool> {
+        self.frame_start(ctx, out).map(|()| true)
     }
 
     fn decode<'a>(&self, payload: &'a [u8], ctx: &SchemaContext<'a>) -> Result<Decoded<'a>> {
@@ -579,6 +579,19 @@ pub fn encode_event<E: Event>(
     topic: &str,
     event: &E,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    encode_event_into(serializer, topic, event, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode_event`], appended to `out`: a batch writes its payloads one after another into one
+/// buffer. On an error, `out` may hold part of the payload.
+pub fn encode_event_into<E: Event>(
+    serializer: &dyn Serializer,
+    topic: &str,
+    event: &E,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     let schema = E::schema()?;
     let ctx = SchemaContext {
         topic,
@@ -587,16 +600,18 @@ pub fn encode_event<E: Event>(
         minor_version: E::MINOR_VERSION,
         message_minor_version: None,
     };
-    match serializer.avro_prefix(&ctx) {
-        // The Avro serializers' own datum writer, with `E`'s `Serialize` called directly:
-        // through `dyn erased_serde::Serialize` every field cost a few virtual calls.
-        Some(prefix) => {
-            let mut out = prefix?;
-            encode_datum(event, &ctx, &mut out)?;
-            Ok(out)
-        }
-        None => serializer.encode(event, &ctx),
+    // The Avro serializers' own datum writer, with `E`'s `Serialize` called directly: through
+    // `dyn erased_serde::Serialize` every field cost a few virtual calls.
+    if serializer.write_avro_prefix(&ctx, out)? {
+        return encode_datum(event, &ctx, out);
     }
+    let encoded = serializer.encode(event, &ctx)?;
+    if out.is_empty() {
+        *out = encoded;
+    } else {
+        out.extend_from_slice(&encoded);
+    }
+    Ok(())
 }
 
 /// Decodes a payload written with `message_minor_version` into `E`.
