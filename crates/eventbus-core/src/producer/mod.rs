@@ -318,8 +318,10 @@ impl Producer {
             ends.push(self.append_new(full_topic, event, &mut buffer)?);
             if ends.len() == 1 {
                 // Events of one type encode to about the same size: one growth, not a doubling
-                // series that copies the buffer each time.
-                buffer.reserve(buffer.len() * (events.len() - 1));
+                // series that copies the buffer each time. Capped, so that a large first event
+                // of a long batch does not reserve far more than the rest need.
+                let rest = buffer.len().saturating_mul(events.len() - 1);
+                buffer.reserve(rest.min(BATCH_RESERVE_CAP));
             }
         }
         let buffer = Bytes::from(buffer);
@@ -512,6 +514,10 @@ impl Producer {
         self.publisher.close().await
     }
 }
+
+/// The most a batch's buffer reserves up front for the events after its first; past it, the
+/// buffer grows as it is written.
+const BATCH_RESERVE_CAP: usize = 4 << 20;
 
 /// The room a buffer of new events starts with: a small event's payload and its texts, so that
 /// a single send seldom grows it.
