@@ -266,8 +266,7 @@ impl Producer {
         Ok(Message {
             key,
             payload: payload.into(),
-            // The CloudEvents attributes, `traceparent` and `tracestate`.
-            headers: Headers::with_capacity(12),
+            headers: event_headers(),
         })
     }
 
@@ -379,8 +378,7 @@ impl Producer {
         own: Range<usize>,
     ) -> Result<Message> {
         let key = self.encode_key::<E>(full_topic, event.key().as_deref(), E::KEY_FIELD)?;
-        // The CloudEvents attributes, `traceparent` and `tracestate`.
-        let mut headers = Headers::with_capacity(12);
+        let mut headers = event_headers();
         self.attributes
             .write(buffer, own, E::EVENT_TYPE, E::MINOR_VERSION, &mut headers);
         Ok(Message {
@@ -513,6 +511,12 @@ impl Producer {
     pub async fn close(&self) -> Result<()> {
         self.publisher.close().await
     }
+}
+
+/// An event's header list before its headers are written, with room for all of them: the ten
+/// CloudEvents attributes, `traceparent` and `tracestate`.
+fn event_headers() -> Headers {
+    Headers::with_capacity(12)
 }
 
 /// The most a batch's buffer reserves up front for the events after its first; past it, the
