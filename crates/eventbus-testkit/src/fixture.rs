@@ -18,6 +18,8 @@ use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::process::{self, StopSignal};
+
 const LOG_FILE: &str = "broker.log";
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -297,6 +299,11 @@ impl BrokerProcess {
         self.ctx.port
     }
 
+    /// The broker's process id while it runs; `None` once it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The extra ports requested by [`BrokerSpec::extra_ports`], in the order given to `args`.
     pub fn extra_ports(&self) -> &[u16] {
         &self.ctx.extra_ports
@@ -328,22 +335,8 @@ impl BrokerProcess {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if let Ok(Some(_)) = child.try_wait() {
-            return Ok(());
-        }
-        // `kill(1)` sends the signal without `unsafe` or a libc binding.
-        let termed = child.id().is_some_and(|pid| {
-            let mut kill = std::process::Command::new("kill");
-            kill.args(["-TERM", &pid.to_string()]).stderr(Stdio::null());
-            kill.status().is_ok_and(|status| status.success())
-        });
-        if termed {
-            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                Ok(waited) => return waited.map(drop).map_err(self.io_error("wait for")),
-                Err(_) => tracing::warn!(broker = self.spec.name, "ignored SIGTERM; killing it"),
-            }
-        }
-        child.kill().await.map_err(self.io_error("kill"))
+        let stopped = process::stop(&mut child, StopSignal::Terminate, STOP_GRACE).await;
+        stopped.map(drop).map_err(self.io_error("stop"))
     }
 
     /// Stops the broker and starts it again on the same port with the same data directory,
@@ -457,8 +450,10 @@ pub(crate) fn indented(log: &str) -> String {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            // Drop cannot await a graceful stop; the runtime reaps the killed child.
-            let _ = child.start_kill();
+            // Waited for, so that the port and the directory are free once drop returns.
+            if let Err(e) = process::stop_now(child, StopSignal::Kill, Duration::ZERO) {
+                tracing::warn!(broker = self.spec.name, "cannot stop the broker: {e}");
+            }
         }
         if let Some(dir) = self.dir.take().filter(|_| std::thread::panicking()) {
             let (name, log) = (self.spec.name, dir.keep().join(LOG_FILE));
@@ -532,9 +527,12 @@ mod tests {
             "{log}"
         );
 
+        // Checked by process id: once the port is free, a parallel test's server may take it.
+        let pid = redis.pid().unwrap();
         redis.stop().await.unwrap();
         redis.stop().await.unwrap();
-        assert!(TcpStream::connect(redis.addr()).await.is_err());
+        assert!(!process::exists(pid));
+        assert_eq!(redis.pid(), None);
         let dir = redis.data_dir().to_path_buf();
         drop(redis);
         assert!(!dir.exists());

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | (none) | [`memory`], [`capture`], [`openedx`] |
 //! | `conformance` | `conformance` (the suite), `bench` (what the throughput benches share) |
-//! | `fixtures` | `fixture` (redis-server, tansu, pulsar-lite on free ports), `pulsar_proxy`, `fault_proxy` (latency, resets, black holes), the `with-broker` runner |
+//! | `fixtures` | `fixture` (redis-server, tansu, pulsar-lite on free ports), `process` (stopping their processes), `pulsar_proxy`, `fault_proxy` (latency, resets, black holes), the `with-broker` runner |
 //! | `registry` | `fixtures` and `registry`, a schema-registry server for Kafka tests |
 //!
 //! The facade's `memory` feature uses this crate without features, so a production build
@@ -26,6 +26,8 @@ pub mod memory;
 pub mod openedx;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "fixtures")]
+pub mod process;
 #[cfg(feature = "fixtures")]
 pub mod pulsar_proxy;
 #[cfg(feature = "registry")]

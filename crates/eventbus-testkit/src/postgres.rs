@@ -26,6 +26,7 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use crate::fixture::free_port;
+use crate::process::{self, StopSignal};
 
 const FIXTURE: &str = "postgres";
 /// The database [`PostgresProcess::start`] creates and [`PostgresProcess::url`] names.
@@ -106,6 +107,11 @@ impl PostgresProcess {
         self.port
     }
 
+    /// The server's process id while it runs; `None` once it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The cluster's data directory (`PGDATA`).
     pub fn data_dir(&self) -> PathBuf {
         self.root.join(DATA_DIR)
@@ -134,17 +140,9 @@ impl PostgresProcess {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if let Ok(Some(_)) = child.try_wait() {
-            return Ok(());
-        }
         // SIGINT is PostgreSQL's fast shutdown; SIGTERM (smart) would wait for clients to leave.
-        if child.id().is_some_and(|pid| signal("INT", pid)) {
-            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                Ok(waited) => return waited.map(drop).map_err(self.io_error("wait for")),
-                Err(_) => tracing::warn!("postgres ignored SIGINT; killing it"),
-            }
-        }
-        child.kill().await.map_err(self.io_error("kill"))
+        let stopped = process::stop(&mut child, StopSignal::Interrupt, STOP_GRACE).await;
+        stopped.map(drop).map_err(self.io_error("stop"))
     }
 
     /// As root, gives the directory to the unprivileged user and checks that it can reach it.
@@ -430,7 +428,11 @@ impl PostgresProcess {
 impl Drop for PostgresProcess {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            shut_down_now(child);
+            // Immediate shutdown: unlike SIGKILL it removes the server's shared memory segment,
+            // and once the server has exited no file reappears while the directory is removed.
+            if let Err(e) = process::stop_now(child, StopSignal::Quit, DROP_GRACE) {
+                tracing::warn!("cannot stop postgres: {e}");
+            }
         }
         if let Some(dir) = self.dir.take().filter(|_| std::thread::panicking()) {
             let log = dir.keep().join(LOG_FILE);
@@ -438,34 +440,6 @@ impl Drop for PostgresProcess {
             eprintln!("{}", self.log_tail(PANIC_LOG_LINES));
         }
     }
-}
-
-/// Immediate shutdown, waited for: unlike SIGKILL it removes the server's shared memory
-/// segment, and once the server has exited no file reappears while the directory is removed.
-/// Blocks for the few milliseconds this takes, since `Drop` cannot await.
-fn shut_down_now(child: &mut Child) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
-    }
-    if child.id().is_some_and(|pid| signal("QUIT", pid)) {
-        let deadline = Instant::now() + DROP_GRACE;
-        while Instant::now() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        tracing::warn!("postgres ignored SIGQUIT; killing it");
-    }
-    let _ = child.start_kill();
-}
-
-/// Sends a signal with `kill(1)`, which needs neither `unsafe` nor a libc binding.
-fn signal(name: &str, pid: u32) -> bool {
-    let mut kill = std::process::Command::new("kill");
-    kill.arg(format!("-{name}")).arg(pid.to_string());
-    kill.stderr(Stdio::null());
-    kill.status().is_ok_and(|status| status.success())
 }
 
 /// The bin directory of the newest Debian PostgreSQL under `root` (`<root>/<major>/bin` holding
@@ -563,8 +537,6 @@ fn passwd_entry(passwd: &str, name: &str) -> Option<RunAs> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-    use tokio::net::TcpStream;
 
     fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -589,11 +561,11 @@ mod tests {
         let count = "select count(*) from pg_tables where tablename = 'only_in_a'";
         assert_eq!(b.psql(count).await.unwrap(), "0");
 
+        // Checked by process id: once the port is free, a parallel test's server may take it.
+        let pid = a.pid().unwrap();
         a.stop().await.unwrap();
         a.stop().await.unwrap();
-        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, a.port()))
-            .await
-            .is_err());
+        assert!(!process::exists(pid));
         let err = a.psql("select 1").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Connection);
         assert_eq!(b.psql("select 1").await.unwrap(), "1");
@@ -609,13 +581,14 @@ mod tests {
         assert!(postgres
             .log_tail(40)
             .contains("ready to accept connections"));
-        let (port, dir) = (postgres.port(), postgres.data_dir());
+        let (pid, dir) = (postgres.pid().unwrap(), postgres.data_dir());
         assert!(dir.join("postgresql.conf").is_file());
         drop(postgres);
         assert!(!dir.parent().unwrap().exists(), "{}", dir.display());
-        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .is_err());
+        assert!(
+            !process::exists(pid),
+            "drop returns once the server has exited"
+        );
     }
 
     #[test]

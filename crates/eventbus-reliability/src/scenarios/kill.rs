@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use eventbus::Envelope;
+use eventbus_testkit::process::{self, StopSignal};
 use std::io::Write as _;
 use tokio::process::{Child, Command};
 
@@ -136,16 +137,9 @@ fn spawn_worker(rig: &Rig, topic: &str, group: &str, out: &FsPath) -> anyhow::Re
 
 /// SIGTERM, then a kill if the worker has not ended within 15 s.
 async fn stop_gracefully(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
-        child.start_kill().ok();
+    let grace = Duration::from_secs(15);
+    if let Err(e) = process::stop(child, StopSignal::Terminate, grace).await {
+        tracing::warn!("cannot stop a worker: {e}");
     }
 }
 
