@@ -29,29 +29,28 @@ struct Driver {
 }
 
 impl Driver {
+    /// Tries a few ports: a parallel test may take the free port before chromedriver binds
+    /// it, and chromedriver then exits.
     async fn start() -> Self {
-        let port = eventbus_testkit::fixture::free_port().expect("free port");
-        let child = tokio::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver (apt-get install chromium chromium-driver)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
+        for _ in 0..3 {
+            let port = eventbus_testkit::fixture::free_port().expect("free port");
+            let mut child = tokio::process::Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start chromedriver (apt-get install chromium chromium-driver)");
+            if answers_as_chromedriver(&mut child, port).await {
+                return Self {
+                    child,
+                    port,
+                    _profile: tempfile::tempdir().expect("profile dir"),
+                };
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = child.kill().await;
         }
-        Self {
-            child,
-            port,
-            _profile: tempfile::tempdir().expect("profile dir"),
-        }
+        panic!("chromedriver did not start on any of 3 ports; run `chromedriver` to see why");
     }
 
     async fn browser(&self) -> Client {
@@ -78,6 +77,43 @@ impl Driver {
             .await
             .expect("a Chromium session")
     }
+}
+
+/// Whether the server on `port` is this chromedriver, ready: its `/status` says so, and it is
+/// still running (a port connected to might be another test's server).
+async fn answers_as_chromedriver(child: &mut tokio::process::Child, port: u16) -> bool {
+    for _ in 0..200 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(2), says_ready(port)).await;
+        if matches!(status, Ok(true)) {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Asks `/status` and reads until the reply says ready; chromedriver leaves the connection
+/// open after its reply, so the end of the stream cannot mark the end of the answer.
+async fn says_ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let (mut reply, mut chunk) = (Vec::new(), [0; 1024]);
+    while let Ok(read @ 1..) = stream.read(&mut chunk).await {
+        reply.extend_from_slice(&chunk[..read]);
+        if String::from_utf8_lossy(&reply).contains("\"ready\":true") {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for Driver {
