@@ -161,11 +161,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_process_that_ignores_the_signal_is_killed_after_the_grace() {
+        use tokio::io::AsyncReadExt;
         // The shell ignores SIGTERM, so only a kill ends it; its last `sleep` ends by itself.
-        let mut child = sleeper("trap '' TERM; while :; do sleep 0.1; done");
+        let mut command = Command::new("sh");
+        let script = "trap '' TERM; echo trapped; while :; do sleep 0.1; done";
+        command
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped());
+        let mut child = command.kill_on_drop(true).spawn().unwrap();
         let pid = child.id().unwrap();
-        // Give the shell time to install the trap.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Signalled only once the trap is in place, however slow the machine.
+        let mut trapped = [0; 8];
+        let stdout = child.stdout.as_mut().unwrap();
+        stdout.read_exact(&mut trapped).await.unwrap();
+        assert_eq!(&trapped, b"trapped\n");
         let started = Instant::now();
         let status = stop(
             &mut child,
