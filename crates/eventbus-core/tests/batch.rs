@@ -64,9 +64,10 @@ async fn batches_fill_up_hold_one_event_per_key_and_keep_each_keys_order() {
     let seen = Arc::clone(&batches);
     let consumer = bus
         .consumer("ledger", "booking")
+        // A wait long enough that a loaded machine's pause does not close batches early.
         .handle_batch(
             64,
-            Duration::from_millis(50),
+            Duration::from_millis(500),
             move |batch: Vec<Envelope<Entry>>| {
                 let seen = Arc::clone(&seen);
                 async move {

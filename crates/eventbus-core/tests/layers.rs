@@ -195,8 +195,9 @@ async fn a_slow_attempt_times_out_and_counts_as_a_failure() {
         seen[0],
         ("dead-lettered".to_owned(), Some(ErrorKind::Timeout))
     );
+    // Two 20 ms attempts; the bound only has to tell them from the handler's 5 s sleep.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );

@@ -3,6 +3,7 @@
 //! killed mid-batch loses nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,10 +243,11 @@ async fn a_typed_postgres_transaction_writes_with_the_business_row() {
 async fn a_relay_killed_mid_batch_loses_nothing() {
     let server = PostgresProcess::start().await.expect("start PostgreSQL");
     let store = Store::connect(&server.url()).await.expect("store");
-    // Publishing is slow, so the first relay dies holding a claim with rows not yet sent.
-    let bus = bus("outbox-killed")
-        .await
-        .producer_layer(Slow(Duration::from_millis(100)));
+    // The first publish never ends, so the first relay dies holding a claim with rows not yet
+    // sent, however slow or fast the machine.
+    let stall = StallFirst::default();
+    let stalled = stall.started.clone();
+    let bus = bus("outbox-killed").await.producer_layer(stall);
     let outbox = Outbox::new(&store, &bus);
     for seq in 0..50u32 {
         let mut tx = store.pool().begin().await.expect("begin");
@@ -266,7 +268,9 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
 
     let doomed = outbox.relay(RelaySettings::new("doomed").lease(Duration::from_millis(500)));
     let task = tokio::spawn(async move { doomed.run_until(std::future::pending()).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(30), stalled.notified())
+        .await
+        .expect("the first relay publishes its batch");
     task.abort();
     let _ = task.await;
     assert!(
@@ -306,19 +310,28 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
 }
 
 /// A publish layer that takes its time.
-struct Slow(Duration);
+/// Holds the first publish until the task making it is aborted; later ones pass at once.
+#[derive(Default)]
+struct StallFirst {
+    started: Arc<tokio::sync::Notify>,
+    stalled: AtomicBool,
+}
 
 #[eventbus::async_trait]
-impl eventbus::PublishLayer for Slow {
+impl eventbus::PublishLayer for StallFirst {
     fn name(&self) -> &str {
-        "slow"
+        "stall-first"
     }
     async fn publish(
         &self,
         out: &mut eventbus::Outgoing,
         next: eventbus::PublishNext<'_>,
     ) -> eventbus::Result<Vec<eventbus::Position>> {
-        tokio::time::sleep(self.0).await;
+        if !self.stalled.swap(true, Ordering::SeqCst) {
+            // `notify_one` keeps the permit if the test is not waiting yet.
+            self.started.notify_one();
+            std::future::pending::<()>().await;
+        }
         next.run(out).await
     }
 }

@@ -244,10 +244,9 @@ async fn proxy_fixes_broker_frames_and_forwards_client_bytes() {
 
 #[tokio::test]
 async fn unreachable_broker_and_drop_close_client_connections() {
-    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gone_addr = gone.local_addr().unwrap();
-    drop(gone);
-    let proxy = PulsarFrameProxy::start(gone_addr.to_string())
+    // Held, not freed: a parallel test's server might take a freed port.
+    let gone = crate::fixture::RefusingPort::new().unwrap();
+    let proxy = PulsarFrameProxy::start(format!("127.0.0.1:{}", gone.port()))
         .await
         .unwrap();
     let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
