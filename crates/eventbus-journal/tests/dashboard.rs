@@ -122,6 +122,9 @@ impl Drop for Driver {
     }
 }
 
+/// How many times, 50 ms apart, a page or the journal is polled: 30 s.
+const POLLS: usize = 600;
+
 async fn shot(browser: &Client, name: &str) {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
@@ -132,7 +135,8 @@ async fn shot(browser: &Client, name: &str) {
 /// The element at `css` once the page has it (a form's POST and redirect may still be on their
 /// way when `click` returns).
 async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
-    for _ in 0..100 {
+    // Up to 30 s: Chromium on a loaded machine may take seconds over a page.
+    for _ in 0..POLLS {
         if let Ok(found) = browser.find(Locator::Css(css)).await {
             return found;
         }
@@ -148,7 +152,8 @@ async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
 /// The text at `css` once it starts with `prefix`.
 async fn text_becomes(browser: &Client, css: &str, prefix: &str) -> String {
     let mut text = String::new();
-    for _ in 0..100 {
+    // Up to 30 s: Chromium on a loaded machine may take seconds over a page.
+    for _ in 0..POLLS {
         if let Ok(found) = browser.find(Locator::Css(css)).await {
             text = found.text().await.unwrap_or_default();
             if text.starts_with(prefix) {
@@ -161,7 +166,7 @@ async fn text_becomes(browser: &Client, css: &str, prefix: &str) -> String {
 }
 
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..POLLS {
         if check().await {
             return;
         }

@@ -32,8 +32,9 @@ async fn bus(name: &str) -> Bus {
     .expect("memory bus")
 }
 
+/// Polls for up to 30 s: a database on a loaded machine can take seconds to catch up.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..1_200 {
         if check().await {
             return;
         }

@@ -552,8 +552,9 @@ mod tests {
     async fn early_exit_fails_fast_with_the_log() {
         let started = Instant::now();
         let err = start_fake("false", Duration::from_secs(30)).await;
+        // Well short of the 30 s startup timeout, with room for a loaded machine.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
