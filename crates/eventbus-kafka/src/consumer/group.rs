@@ -210,6 +210,9 @@ impl GroupContext {
     }
 }
 
+/// How long the rebalance callback waits for a partition's end offset on a `Latest` start.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The offset each partition starts at, `None` to resume from the group's commit.
 fn start_offsets(
     consumer: &BaseConsumer<GroupContext>,
@@ -218,7 +221,21 @@ fn start_offsets(
 ) -> Result<Vec<Option<Offset>>, KafkaError> {
     Ok(match start {
         StartPosition::Earliest => vec![Some(Offset::Beginning); partitions.len()],
-        StartPosition::Latest => vec![Some(Offset::End); partitions.len()],
+        // The end as of the assignment, which `subscribe` waits for: `Offset::End` would be
+        // looked up later, after messages published meanwhile, and skip them.
+        StartPosition::Latest => partitions
+            .iter()
+            .map(|(topic, partition)| {
+                let ends = consumer.fetch_watermarks(topic, *partition, WATERMARK_TIMEOUT);
+                Some(match ends {
+                    Ok((_, high)) => Offset::Offset(high),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %topic, partition, "cannot read the end offset; starting at the end librdkafka finds");
+                        Offset::End
+                    }
+                })
+            })
+            .collect(),
         StartPosition::Time(t) => {
             let mut query = TopicPartitionList::new();
             for (topic, partition) in partitions {
