@@ -195,7 +195,7 @@ async fn dead_letters_on_memory() {
         .start()
         .await
         .expect("consumer");
-    let moved = cli(&app, &["dlq", "redrive", "parcels.dlq", "--idle", "500ms"])
+    let moved = cli(&app, &["dlq", "redrive", "parcels.dlq", "--idle", "2s"])
         .await
         .expect("redrive");
     assert_eq!(moved.trim(), "redrove 5 dead letter(s) to parcels");
