@@ -223,19 +223,26 @@ fn start_offsets(
         StartPosition::Earliest => vec![Some(Offset::Beginning); partitions.len()],
         // The end as of the assignment, which `subscribe` waits for: `Offset::End` would be
         // looked up later, after messages published meanwhile, and skip them.
-        StartPosition::Latest => partitions
-            .iter()
-            .map(|(topic, partition)| {
-                let ends = consumer.fetch_watermarks(topic, *partition, WATERMARK_TIMEOUT);
-                Some(match ends {
-                    Ok((_, high)) => Offset::Offset(high),
-                    Err(e) => {
-                        tracing::debug!(error = %e, %topic, partition, "cannot read the end offset; starting at the end librdkafka finds");
-                        Offset::End
-                    }
+        // After one failure the rest are not asked, so an unreachable broker costs one timeout.
+        StartPosition::Latest => {
+            let mut reachable = true;
+            partitions
+                .iter()
+                .map(|(topic, partition)| {
+                    let ends = reachable
+                        .then(|| consumer.fetch_watermarks(topic, *partition, WATERMARK_TIMEOUT));
+                    Some(match ends {
+                        Some(Ok((_, high))) => Offset::Offset(high),
+                        Some(Err(e)) => {
+                            reachable = false;
+                            tracing::debug!(error = %e, %topic, partition, "cannot read the end offset; starting at the end librdkafka finds");
+                            Offset::End
+                        }
+                        None => Offset::End,
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
         StartPosition::Time(t) => {
             let mut query = TopicPartitionList::new();
             for (topic, partition) in partitions {
