@@ -3,7 +3,6 @@
 //! named consumer. Screenshots of the pages land in `target/dashboard-screenshots/`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use eventbus::{Bus, BusConfig, Envelope, Event};
 use eventbus_journal::dashboard::{Auth, Dashboard};
 use eventbus_journal::{Filter, Journal, JournalSettings, Status};
+use eventbus_testkit::fixture::{BrokerProcess, BrokerSpec};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde::{Deserialize, Serialize};
 
@@ -21,36 +21,44 @@ struct InvoiceIssued {
     amount_cents: i64,
 }
 
-/// chromedriver on a free port, stopped when dropped.
+/// chromedriver on a free port, run by the testkit's broker fixture: stopped when dropped,
+/// its log kept when the test fails.
 struct Driver {
-    child: tokio::process::Child,
-    port: u16,
+    process: BrokerProcess,
     _profile: tempfile::TempDir,
 }
 
+fn chromedriver() -> BrokerSpec {
+    BrokerSpec {
+        name: "chromedriver",
+        program: "chromedriver".to_owned(),
+        args: |ctx| vec![format!("--port={}", ctx.port)],
+        extra_ports: 0,
+        startup_timeout: Duration::from_secs(30),
+        install_hint: "apt-get install chromium chromium-driver",
+    }
+}
+
 impl Driver {
-    /// Tries a few ports: a parallel test may take the free port before chromedriver binds
-    /// it, and chromedriver then exits.
+    /// Tries up to three ports: a parallel test may take the free port before chromedriver
+    /// binds it, and then the port answers, but not as chromedriver.
     async fn start() -> Self {
+        let mut last = String::new();
         for _ in 0..3 {
-            let port = eventbus_testkit::fixture::free_port().expect("free port");
-            let mut child = tokio::process::Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start chromedriver (apt-get install chromium chromium-driver)");
-            if answers_as_chromedriver(&mut child, port).await {
-                return Self {
-                    child,
-                    port,
-                    _profile: tempfile::tempdir().expect("profile dir"),
-                };
+            match BrokerProcess::start(chromedriver()).await {
+                Ok(process) if ready_within(process.port(), Duration::from_secs(10)).await => {
+                    return Self {
+                        process,
+                        _profile: tempfile::tempdir().expect("profile dir"),
+                    };
+                }
+                Ok(process) => {
+                    last = format!("port {} did not answer as chromedriver", process.port());
+                }
+                Err(e) => last = e.to_string(),
             }
-            let _ = child.kill().await;
         }
-        panic!("chromedriver did not start on any of 3 ports; run `chromedriver` to see why");
+        panic!("chromedriver did not start on any of 3 ports; the last: {last}");
     }
 
     async fn browser(&self) -> Client {
@@ -73,26 +81,21 @@ impl Driver {
         );
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .connect(&format!("http://127.0.0.1:{}", self.process.port()))
             .await
             .expect("a Chromium session")
     }
 }
 
-/// Whether the server on `port` is this chromedriver, ready: its `/status` says so, and it is
-/// still running (a port connected to might be another test's server).
-async fn answers_as_chromedriver(child: &mut tokio::process::Child, port: u16) -> bool {
-    for _ in 0..200 {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
+/// Whether the server on `port` says, within `limit`, that it is a chromedriver ready for
+/// sessions.
+async fn ready_within(port: u16, limit: Duration) -> bool {
+    let polled = async {
+        while !says_ready(port).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let status = tokio::time::timeout(Duration::from_secs(2), says_ready(port)).await;
-        if matches!(status, Ok(true)) {
-            return matches!(child.try_wait(), Ok(None));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    };
+    tokio::time::timeout(limit, polled).await.is_ok()
 }
 
 /// Asks `/status` and reads until the reply says ready; chromedriver leaves the connection
@@ -114,12 +117,6 @@ async fn says_ready(port: u16) -> bool {
         }
     }
     false
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
 }
 
 /// How many times, 50 ms apart, a page or the journal is polled: 30 s.

@@ -309,7 +309,6 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
     );
 }
 
-/// A publish layer that takes its time.
 /// Holds the first publish until the task making it is aborted; later ones pass at once.
 #[derive(Default)]
 struct StallFirst {

@@ -76,15 +76,11 @@ pub async fn stop(
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }
-    if signal != StopSignal::Kill && send(child, signal) {
+    if ask(child, signal) {
         if let Ok(waited) = tokio::time::timeout(grace, child.wait()).await {
             return waited;
         }
-        tracing::warn!(
-            pid = child.id(),
-            ?signal,
-            "process ignored the signal within {grace:?}; killing it"
-        );
+        ignored(child, signal, grace);
     }
     child.kill().await?;
     child.wait().await
@@ -96,21 +92,31 @@ pub fn stop_now(child: &mut Child, signal: StopSignal, grace: Duration) -> io::R
     if let Some(status) = child.try_wait()? {
         return Ok(status);
     }
-    if signal != StopSignal::Kill && send(child, signal) {
+    if ask(child, signal) {
         if let Some(status) = wait_now(child, grace)? {
             return Ok(status);
         }
-        tracing::warn!(
-            pid = child.id(),
-            ?signal,
-            "process ignored the signal within {grace:?}; killing it"
-        );
+        ignored(child, signal, grace);
     }
     child.start_kill()?;
     wait_now(child, KILL_WAIT)?.ok_or_else(|| {
         let message = format!("the process was killed but had not exited after {KILL_WAIT:?}");
         io::Error::new(io::ErrorKind::TimedOut, message)
     })
+}
+
+/// Sends a signal the process may heed; false for [`StopSignal::Kill`], which comes last anyway.
+fn ask(child: &Child, signal: StopSignal) -> bool {
+    signal != StopSignal::Kill && send(child, signal)
+}
+
+fn ignored(child: &Child, signal: StopSignal, grace: Duration) {
+    let pid = child.id();
+    tracing::warn!(
+        pid,
+        ?signal,
+        "process ignored the signal within {grace:?}; killing it"
+    );
 }
 
 fn wait_now(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
